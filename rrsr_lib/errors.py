@@ -1,0 +1,11 @@
+"""One exception type for every problem with what a user gave us.
+
+Bad input (a missing file, a corrupt image, a wrong shape, an unknown notebook parameter) must end
+in one clear sentence that names the thing and the fix, not in a stack trace from deep inside torch.
+Every check in the library raises :class:`InputError`, a ``ValueError`` so that callers who already
+catch ``ValueError`` keep working.
+"""
+
+
+class InputError(ValueError):
+    """Something the user gave (file, folder, array, parameter) is not usable; the message says why and how to fix it."""

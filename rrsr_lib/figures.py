@@ -1,0 +1,45 @@
+"""One helper saves every figure of the project into figures/, under a stable name.
+
+Figures are drawn from saved results (small JSON/CSV files), never by retraining; this module only
+decides where and how they are written: PNG always, PDF too where print quality matters. Files are
+written to a temporary name and renamed when complete, so an interrupted run never leaves half a figure.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import InputError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def project_root() -> Path:
+    """The repository root (the folder that holds rrsr_lib/), or the current folder for an installed copy."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def figures_dir() -> Path:
+    """figures/ at the project root, or $RRSR_FIGURES when set (tests point it at a temporary folder)."""
+    root = Path(os.environ.get("RRSR_FIGURES", project_root() / "figures"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def save_figure(fig, name: str, pdf: bool = True, dpi: int = 150) -> list[Path]:
+    """Save a matplotlib figure as figures/<name>.png (and .pdf); return the written paths.
+
+    name: letters, digits, '_' and '-' only, no extension (e.g. "02_matching_score_map").
+    """
+    if not _NAME.match(name):
+        raise InputError(f"figure name {name!r} must be letters, digits, '_' or '-' with no extension")
+    out = []
+    for ext in (("png", "pdf") if pdf else ("png",)):
+        path = figures_dir() / f"{name}.{ext}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata={"Software": None} if ext == "png" else {"Creator": None, "Producer": None, "CreationDate": None})
+        os.replace(tmp, path)
+        out.append(path)
+    return out
