@@ -25,12 +25,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	touch $(STAMP)
 
+# Tests write their figures to runs/test-figures, so the committed figures/ stay those of `make reproduce`.
+test: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 test-lib: $(STAMP)
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
+test-notebooks: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
