@@ -1,5 +1,6 @@
 """Embedded real data (manifest, checksums), CUFED-like pairs, homography warps and the public-set loaders."""
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -379,3 +380,12 @@ def test_self_reference_sets(tmp_path, cls):
     _img(tmp_path / "img_002.png", 10, 48)
     with pytest.raises(InputError, match=r"img_002\.png: is 48x10 pixels.*too small for one 3x3 LR patch"):
         cls(tmp_path)[1]
+
+
+def test_test_pair_without_its_reference_in_the_manifest(embedded_copy):
+    path = embedded_copy / "embedded" / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["rows"] = [r for r in doc["rows"] if not (r.get("pair") == "aloe" and r["role"] == "ref")]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="test pair aloe has no ref image in the manifest"):
+        EmbeddedTestPairs(package_dir=embedded_copy)

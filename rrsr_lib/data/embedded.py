@@ -243,8 +243,9 @@ class EmbeddedTestPairs(Dataset):
                 raise InputError(f"unknown test pairs {unknown}; choose among {sorted(by_pair)}")
             by_pair = {k: v for k, v in by_pair.items() if k in set(pairs)}
         for k, v in by_pair.items():
-            if set(v) != {"input", "ref"}:
-                raise InputError(f"test pair {k} in the manifest lacks its {({'input', 'ref'} - set(v)) or v}; {_RESTORE}")
+            lacking = sorted({"input", "ref"} - set(v))
+            if lacking:
+                raise InputError(f"test pair {k} has no {' or '.join(lacking)} image in the manifest; {_RESTORE}")
         self.pair_names = sorted(by_pair)
         self._rows = by_pair
         self.scale = scale
