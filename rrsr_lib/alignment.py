@@ -1,0 +1,278 @@
+"""Progressive feature alignment: deformable convolution seeded by the matches.
+
+Idea (RRSR's second idea, first half): matching (rrsr_lib.matching) says, for every input position,
+where the similar content sits in the reference; rrsr_lib.offsets turns that into per-tap
+"pre-offsets" of a 3x3 kernel. The alignment unit is a *modulated deformable convolution* on the
+reference texture feature whose 9 taps do not sample the usual 3x3 neighbourhood but
+
+    position of tap k at output p  =  p + k_grid + pre_offset_k(p) + residual_offset_k(p),
+
+where the residual offsets and the modulation masks m_k(p) in [0, 1] are predicted by small
+convolutions from concat(current LR feature, reference feature):
+
+    aligned(p) = sum_k  m_k(p) * W_k . ref(p + k_grid + offset_k(p))  + b          (one group)
+
+with ref(.) read by bilinear interpolation (zero outside the map). The channels are split into 8
+deformable groups, each with its own offsets and masks. The residual/mask convolution starts at
+zero, so an untrained unit samples exactly at the matched positions (mask sigmoid(0) = 0.5).
+"Progressive": every cascade stage has its own unit, which re-estimates the residual offsets from the
+LR feature that earlier stages have already improved (rrsr_lib.models).
+
+Two implementations of the same operator, chosen by ``path``:
+
+* ``"torchvision"``: ``torchvision.ops.deform_conv2d`` (no compiled extension to build; mmcv's and
+  torchvision's offset layout). Its CPU backward is slow.
+* ``"sampling"``: "sample, then convolve": bilinear sampling of the 9 taps with ``grid_sample``
+  (an im2col whose columns sit at the deformed positions), times the modulation mask, then ONE
+  matrix multiplication with the kernel. Same numbers, a few times faster on the CPU.
+* ``"auto"`` (default): "sampling" on the CPU, "torchvision" on accelerators.
+
+Kink at integer positions: bilinear interpolation is not differentiable where a sampling coordinate
+is an integer. torchvision takes floor(coordinate) as the lower corner, i.e. the one-sided
+derivative towards +x / +y (v(n+1) - v(n)). grid_sample does the same, but only if the coordinate
+reaches it exactly; we therefore pad the feature map to 2^k + 1 rows and columns, so that the
+normalisation to [-1, 1] (a multiplication by 2 / 2^k) and grid_sample's way back are exact for
+integers. Our gradients then equal torchvision's at integer positions too, and at the map border
+(a coordinate of exactly -1 reads one zero and one real pixel, like torchvision's).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+
+from .blocks import LRELU_SLOPE, conv3x3
+from .errors import InputError
+from .offsets import to_deform_offsets
+
+__all__ = ["DEFORM_PATHS", "deform_path", "get_deform_path", "resolve_path", "tap_positions", "sample_taps",
+           "deform_conv_sampling", "modulated_deform_conv", "AlignmentUnit"]
+
+DEFORM_PATHS = ("auto", "torchvision", "sampling")
+# 3x3 kernel, taps k = 3*i + j (row-major), at (i - 1, j - 1) around the output position
+KERNEL = 3
+TAPS = KERNEL * KERNEL
+_default_path = "auto"
+
+
+@contextlib.contextmanager
+def deform_path(path: str):
+    """Context manager: inside it, units whose ``path`` is "auto" use ``path`` ("torchvision" or "sampling").
+
+    Used by benchmarks/model.py to time the same model on both paths in one run.
+    """
+    global _default_path
+    if path not in DEFORM_PATHS:
+        raise InputError(f"deformable-convolution path must be one of {DEFORM_PATHS}, got {path!r}")
+    old, _default_path = _default_path, path
+    try:
+        yield
+    finally:
+        _default_path = old
+
+
+def get_deform_path() -> str:
+    """The process-wide default set by :func:`deform_path` ("auto" outside any ``with``)."""
+    return _default_path
+
+
+def resolve_path(path: str, device: torch.device) -> str:
+    """"torchvision" or "sampling" for a requested path ("auto" defers to :func:`deform_path`, then the device)."""
+    if path not in DEFORM_PATHS:
+        raise InputError(f"deformable-convolution path must be one of {DEFORM_PATHS}, got {path!r}")
+    if path == "auto":
+        path = _default_path
+    if path == "auto":
+        # the sampling path pays off where torchvision's kernels are slow: the CPU
+        path = "sampling" if device.type == "cpu" else "torchvision"
+    return path
+
+
+def _check(x, offset, mask, weight, bias):
+    if x.dim() != 4:
+        raise InputError(f"the deformable convolution's input must be [B, C, H, W], got {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.dim() != 4 or weight.shape[1] != c or weight.shape[2:] != (KERNEL, KERNEL):
+        raise InputError(f"weight must be [Cout, {c}, 3, 3] for an input with {c} channels, got {tuple(weight.shape)}")
+    if offset.dim() != 4 or offset.shape[0] != b or offset.shape[2:] != (h, w) or offset.shape[1] % (2 * TAPS):
+        raise InputError(f"offset must be [B, 2*9*G, H, W] = [{b}, 18*G, {h}, {w}], got {tuple(offset.shape)}")
+    groups = offset.shape[1] // (2 * TAPS)
+    if c % groups:
+        raise InputError(f"{groups} deformable groups do not divide {c} input channels; choose G dividing C")
+    if mask.shape != (b, TAPS * groups, h, w):
+        raise InputError(f"mask must be [B, 9*G, H, W] = {[b, TAPS * groups, h, w]}, got {tuple(mask.shape)}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise InputError(f"bias must have {weight.shape[0]} entries, got {tuple(bias.shape)}")
+    return groups
+
+
+def tap_positions(offset: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each tap samples: absolute (y, x) pixel coordinates in the input map.
+
+    offset: [B, 2*9*G, H, W] in torchvision's layout (per group, per tap, (dy, dx)); height, width: H, W.
+    Returns (py, px), each [B, G, 9, H, W] float: py = y + (i - 1) + dy, px = x + (j - 1) + dx for
+    tap k = 3*i + j at output (y, x) (stride 1, padding 1, dilation 1: RRSR's only case).
+    """
+    b, ch, h, w = offset.shape
+    if (h, w) != (height, width) or ch % (2 * TAPS):
+        raise InputError(f"offset must be [B, 18*G, {height}, {width}], got {tuple(offset.shape)}")
+    g = ch // (2 * TAPS)
+    off = offset.view(b, g, TAPS, 2, h, w)
+    dt, dev = offset.dtype, offset.device
+    tap_i = torch.arange(KERNEL, dtype=dt, device=dev).repeat_interleave(KERNEL) - 1   # i - 1 of tap k
+    tap_j = torch.arange(KERNEL, dtype=dt, device=dev).repeat(KERNEL) - 1              # j - 1 of tap k
+    ys = torch.arange(h, dtype=dt, device=dev).view(1, 1, 1, h, 1)
+    xs = torch.arange(w, dtype=dt, device=dev).view(1, 1, 1, 1, w)
+    py = ys + tap_i.view(1, 1, TAPS, 1, 1) + off[:, :, :, 0]
+    px = xs + tap_j.view(1, 1, TAPS, 1, 1) + off[:, :, :, 1]
+    return py, px
+
+
+def _exact_size(n: int) -> int:
+    """Smallest 2^k + 1 >= n: grid_sample's (size - 1) is then a power of two and integers stay exact."""
+    return 2 ** max(0, (n - 2).bit_length()) + 1 if n >= 2 else 2
+
+
+def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of the input at the 9 deformed tap positions of every output pixel.
+
+    x: [B, C, H, W] float; offset: [B, 2*9*G, H, W] (torchvision layout, G groups dividing C).
+    Returns [B, G, C/G, 9, H*W]: entry (b, g, c, k, p) = x[b, g*C/G + c] read at tap k's position for
+    output p, bilinear, with zeros outside the map (torchvision's rule: a corner outside contributes 0).
+    """
+    b, c, h, w = x.shape
+    g = offset.shape[1] // (2 * TAPS)
+    py, px = tap_positions(offset, h, w)
+    hp, wp = _exact_size(h), _exact_size(w)
+    # zero rows/columns up to 2^k + 1: they read as "outside" (0), exactly like torchvision's border
+    xp = F.pad(x, (0, wp - w, 0, hp - h))
+    # grid_sample's align_corners=True coordinates: -1 is pixel 0, +1 is pixel size-1;
+    # g = p * 2 / (size - 1) - 1 is exact for integer p because size - 1 is a power of two
+    grid = torch.stack((px * (2.0 / (wp - 1)) - 1.0, py * (2.0 / (hp - 1)) - 1.0), dim=-1)
+    samples = F.grid_sample(xp.view(b * g, c // g, hp, wp), grid.view(b * g, TAPS * h, w, 2), mode="bilinear",
+                            padding_mode="zeros", align_corners=True)
+    return samples.view(b, g, c // g, TAPS, h * w)
+
+
+def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Modulated deformable 3x3 convolution as "sample the 9 taps, then one matrix multiplication".
+
+    x: [B, C, H, W]; offset: [B, 2*9*G, H, W] (per group, per tap, (dy, dx)); mask: [B, 9*G, H, W] in
+    [0, 1]; weight: [Cout, C, 3, 3]; bias: [Cout] or None. Stride 1, padding 1, dilation 1.
+    Returns [B, Cout, H, W], equal to ``torchvision.ops.deform_conv2d(x, offset, weight, bias,
+    padding=1, mask=mask)`` (to float rounding; gradients too, see the module docstring).
+    """
+    groups = _check(x, offset, mask, weight, bias)
+    b, c, h, w = x.shape
+    samples = sample_taps(x, offset)                                   # [B, G, C/G, 9, HW]
+    m = mask.view(b, groups, 1, TAPS, h * w)
+    # columns of the im2col matrix: m_k(p) * x(p + k + offset_k(p)); row index c*9 + k like weight.view(Cout, C*9)
+    if torch.is_grad_enabled() and (samples.requires_grad or m.requires_grad):
+        cols = samples * m
+    else:
+        cols = samples.mul_(m)   # inference: no second copy of the (9x larger than x) column tensor
+    cols = cols.view(b, c * TAPS, h * w)
+    # out[b, o, p] = sum_{c,k} W[o, c, k] * cols[b, c*9 + k, p] + bias[o]: one (batched) matrix multiplication
+    out = torch.matmul(weight.reshape(weight.shape[0], c * TAPS), cols)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1)
+    return out.view(b, weight.shape[0], h, w)
+
+
+def modulated_deform_conv(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
+    """Modulated deformable 3x3 convolution (stride 1, padding 1), by torchvision or by sampling.
+
+    Shapes as in :func:`deform_conv_sampling`. path: "auto" (sampling on CPU, torchvision elsewhere,
+    unless a :func:`deform_path` block says otherwise), "torchvision" or "sampling".
+    Returns [B, Cout, H, W].
+    """
+    _check(x, offset, mask, weight, bias)
+    if resolve_path(path, x.device) == "sampling":
+        return deform_conv_sampling(x, offset, mask, weight, bias)
+    return deform_conv2d(x, offset, weight, bias, stride=1, padding=1, dilation=1, mask=mask)
+
+
+class AlignmentUnit(nn.Module):
+    """RRSR's alignment unit at one scale: reference texture feature -> aligned to the LR feature.
+
+    lr_channels: channels of the LR (content) feature (RRSR: 64). ref_channels: channels of the
+    reference texture feature (VGG relu3_1: 256 at x1, relu2_1: 128 at x2, relu1_1: 64 at x4).
+    groups: deformable groups (RRSR: 8). offset_channels: width of the two convolutions that predict
+    residual offsets and masks (None = ref_channels, the authors' choice). path: see
+    :func:`modulated_deform_conv`.
+
+    Parameters (authors' layout, which reproduces their parameter count):
+        offset_conv1  3x3, (lr + ref) -> offset_channels, LeakyReLU(0.1)
+        offset_conv2  3x3, offset_channels -> offset_channels, LeakyReLU(0.1)
+        offset_mask   3x3, offset_channels -> 3*9*G, zero-initialised: 2*9*G residual offsets, 9*G masks
+        weight, bias  the deformable kernel [ref, ref, 3, 3] and its bias
+    """
+
+    def __init__(self, lr_channels: int = 64, ref_channels: int = 256, groups: int = 8,
+                 offset_channels: int | None = None, path: str = "auto"):
+        super().__init__()
+        if ref_channels % groups:
+            raise InputError(f"{groups} deformable groups do not divide {ref_channels} reference channels")
+        if path not in DEFORM_PATHS:
+            raise InputError(f"path must be one of {DEFORM_PATHS}, got {path!r}")
+        oc = ref_channels if offset_channels is None else offset_channels
+        self.groups, self.path = groups, path
+        self.lr_channels, self.ref_channels = lr_channels, ref_channels
+        # residual offsets and masks come from convolutions on concat(current LR feature, reference feature)
+        self.offset_conv1 = conv3x3(lr_channels + ref_channels, oc)
+        self.offset_conv2 = conv3x3(oc, oc)
+        self.offset_mask = conv3x3(oc, 3 * TAPS * groups)
+        # zero-initialised: residual offsets 0 and masks sigmoid(0) = 0.5, so training starts at the matched offsets
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+        self.weight = nn.Parameter(torch.empty(ref_channels, ref_channels, KERNEL, KERNEL))
+        self.bias = nn.Parameter(torch.zeros(ref_channels))
+        # the deformable kernel's usual initialisation (mmcv): uniform(+-1/sqrt(fan_in)), bias 0
+        bound = 1.0 / math.sqrt(ref_channels * TAPS)
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.act = nn.LeakyReLU(LRELU_SLOPE)
+
+    def residual_offsets_and_mask(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Learned part: ([B, 2*9*G, H, W] residual offsets in pixels (dy, dx), [B, 9*G, H, W] masks in (0, 1))."""
+        f = self.act(self.offset_conv1(torch.cat((lr_feat, ref_feat), dim=1)))
+        f = self.act(self.offset_conv2(f))
+        o = self.offset_mask(f)
+        n = 2 * TAPS * self.groups
+        # first 2*9*G channels: residual offsets; last 9*G: mask logits -> mask = sigmoid
+        return o[:, :n], torch.sigmoid(o[:, n:])
+
+    def forward(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor, pre_offsets: torch.Tensor,
+                return_offsets: bool = False):
+        """Align ``ref_feat`` to ``lr_feat``.
+
+        lr_feat: [B, lr_channels, H, W]; ref_feat: [B, ref_channels, H, W] (same canvas size);
+        pre_offsets: matched offsets, either [B, 9, H, W, 2] with (x, y) last (rrsr_lib.offsets.pre_offsets)
+        or already in DCN layout [B, 2*9*G, H, W] (rrsr_lib.offsets.to_deform_offsets).
+        Returns aligned [B, ref_channels, H, W] (after LeakyReLU(0.1)); with ``return_offsets`` also a dict
+        {"offset": total offsets [B, 18G, H, W], "residual": learned part, "mask": [B, 9G, H, W]}.
+        """
+        if lr_feat.dim() != 4 or ref_feat.dim() != 4 or lr_feat.shape[2:] != ref_feat.shape[2:] \
+                or lr_feat.shape[0] != ref_feat.shape[0]:
+            raise InputError(f"lr_feat {tuple(lr_feat.shape)} and ref_feat {tuple(ref_feat.shape)} must be [B, C, H, W] "
+                             "with the same B, H, W (pad both to a common canvas)")
+        if lr_feat.shape[1] != self.lr_channels or ref_feat.shape[1] != self.ref_channels:
+            raise InputError(f"this unit expects {self.lr_channels} LR and {self.ref_channels} reference channels, "
+                             f"got {lr_feat.shape[1]} and {ref_feat.shape[1]}")
+        if pre_offsets.dim() == 5:
+            pre_offsets = to_deform_offsets(pre_offsets, self.groups)
+        expected = (ref_feat.shape[0], 2 * TAPS * self.groups, *ref_feat.shape[2:])
+        if tuple(pre_offsets.shape) != expected:
+            raise InputError(f"pre_offsets must be [B, 9, H, W, 2] or {list(expected)}, got {tuple(pre_offsets.shape)}")
+        residual, mask = self.residual_offsets_and_mask(lr_feat, ref_feat)
+        # offsets = matched pre-offsets (repeated for every group) + learned residual
+        offset = pre_offsets.to(residual.dtype) + residual
+        out = self.act(modulated_deform_conv(ref_feat, offset, mask, self.weight, self.bias, self.path))
+        if return_offsets:
+            return out, {"offset": offset, "residual": residual, "mask": mask}
+        return out
