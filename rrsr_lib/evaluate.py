@@ -1,0 +1,161 @@
+"""Evaluation: any model (LR, Ref) -> SR, on any test set, under named protocols.
+
+RefSR papers disagree on how they measure (RRSR.md, "Evaluation protocols"), so every row this module
+writes names its protocol completely:
+
+* ``reference``: which reference the model saw - "pair" (the embedded real pairs), "level-1" ... "level-5"
+  (one CUFED5 level), "stitched" (the five CUFED5 references side by side, TTSR/MASA papers), "chosen"
+  (Sun80's documented choice), "self-lr" (Urban100/Manga109: the LR image itself);
+* ``metric``: "y_crop4" (C2-Matching/RRSR: Y channel, 4-pixel border removed) or "y_crop0" (TTSR/MASA:
+  Y channel, no crop). SR is clamped to [0, 1] and rounded to uint8 before any metric.
+
+Large images stay within a memory budget by *tiling the input*: the LR image is cut into overlapping
+tiles, each is restored against the whole reference, and the centres of the tiles are stitched. A model's
+receptive field is finite, so with enough overlap the result equals the untiled one up to float rounding
+(tested); matching against the whole reference is kept exact.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .degradation import to_uint8, upsample_lr
+from .errors import InputError
+from .metrics import psnr, ssim
+
+METRIC_PROTOCOLS = {
+    # name: (crop_border, y_channel, who uses it)
+    "y_crop4": (4, True, "C2-Matching / RRSR: PSNR/SSIM on Y, 4-pixel border removed"),
+    "y_crop0": (0, True, "TTSR / MASA papers: PSNR/SSIM on Y, no border removed"),
+}
+
+
+class Bicubic(nn.Module):
+    """The bicubic baseline with the RefSR call: (LR, Ref) -> PIL bicubic x``scale`` of LR (the Ref is ignored).
+
+    lr: float (B,3,h,w) in [0,1]; returns float (B,3,h*scale,w*scale) in [0,1] on LR's device. PIL's
+    bicubic (not torch's) so that the baseline is the one the literature reports.
+    """
+
+    def __init__(self, scale: int = 4):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        out = [torch.from_numpy(np.array(upsample_lr(to_uint8(x), self.scale))).permute(2, 0, 1).float() / 255 for x in lr]
+        return torch.stack(out).to(lr.device)
+
+
+def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor, tile: int | None = None,
+                  overlap: int = 8, scale: int = 4) -> torch.Tensor:
+    """Run ``model(lr_tile, ref)`` on overlapping LR tiles and stitch the SR tiles' centres.
+
+    lr: (1,3,h,w) in [0,1]; ref: (1,3,Hr,Wr). tile: LR tile side in pixels (None: no tiling);
+    overlap: LR pixels of context kept on each inner side of a tile and thrown away after.
+    Returns (1,3,h*scale,w*scale). Every output pixel comes from the tile in which it lies furthest
+    from a cut, so the result equals the untiled one when ``overlap`` covers the model's receptive field.
+    """
+    if lr.dim() != 4 or lr.shape[0] != 1:
+        raise InputError(f"tiled_forward takes one image (1,3,h,w), got shape {tuple(lr.shape)}")
+    h, w = lr.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return model(lr, ref)
+    if tile <= 2 * overlap:
+        raise InputError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
+    step = tile - 2 * overlap
+    out = lr.new_zeros(1, 3, h * scale, w * scale)
+    for y0 in range(0, h, step):
+        for x0 in range(0, w, step):
+            # core region [y0, y1) x [x0, x1) is kept; the tile adds `overlap` of context around it
+            y1, x1 = min(y0 + step, h), min(x0 + step, w)
+            ty0, tx0 = max(0, y0 - overlap), max(0, x0 - overlap)
+            ty1, tx1 = min(h, y1 + overlap), min(w, x1 + overlap)
+            sr = model(lr[..., ty0:ty1, tx0:tx1], ref)
+            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+                sr[..., (y0 - ty0) * scale:(y1 - ty0) * scale, (x0 - tx0) * scale:(x1 - tx0) * scale]
+    return out
+
+
+def _reference_kind(item: dict, dataset) -> str:
+    name = type(dataset).__name__
+    if name == "CUFED5":
+        return "stitched" if dataset.mode == "stitched" else f"level-{int(item['level'])}"
+    if name in ("Urban100", "Manga109", "SelfReferenceSet"):
+        return f"self-{dataset.ref_mode.replace('_', '-')}"
+    if name == "Sun80":
+        return "chosen"
+    return "pair"
+
+
+@torch.no_grad()
+def evaluate(model: Callable, dataset, model_name: str, dataset_name: str,
+             metrics: Iterable[str] = ("y_crop4", "y_crop0"), device: torch.device | str = "cpu",
+             tile: int | None = None, overlap: int = 8, progress: bool = True, **row_fields) -> list[dict]:
+    """Evaluate ``model`` on every item of ``dataset``; return one row per (image, metric protocol).
+
+    model: callable (lr (1,3,h,w), ref (1,3,Hr,Wr)) -> sr (1,3,4h,4w), float in [0,1].
+    dataset: items with "hr", "lr", "ref" float (3,H,W) in [0,1] and "name" (rrsr_lib.data's datasets).
+    Rows: {model, dataset, name, reference, metric, metric_note, psnr_y, ssim_y, **row_fields}.
+    tile: LR tile side for large images (see :func:`tiled_forward`), None for whole images.
+    """
+    unknown = [m for m in metrics if m not in METRIC_PROTOCOLS]
+    if unknown:
+        raise InputError(f"unknown metric protocol(s) {unknown}; choose from {list(METRIC_PROTOCOLS)}")
+    if isinstance(model, nn.Module):
+        model.eval()
+    rows = []
+    for i in tqdm(range(len(dataset)), desc=f"{model_name} on {dataset_name}", disable=not progress, leave=False):
+        item = dataset[i]
+        lr = item["lr"].unsqueeze(0).to(device)
+        ref = item["ref"].unsqueeze(0).to(device)
+        sr = tiled_forward(model, lr, ref, tile=tile, overlap=overlap)
+        hr_u8 = to_uint8(item["hr"])
+        if tuple(sr.shape[-2:]) != hr_u8.shape[:2]:
+            raise InputError(f"model {model_name} returned {tuple(sr.shape[-2:])} for an HR of {hr_u8.shape[:2]}")
+        sr_u8 = to_uint8(sr[0])
+        for m in metrics:
+            crop, y, note = METRIC_PROTOCOLS[m]
+            rows.append({"model": model_name, "dataset": dataset_name, "name": item["name"],
+                         "reference": _reference_kind(item, dataset), "metric": m, "metric_note": note,
+                         "psnr_y": psnr(sr_u8, hr_u8, crop, y), "ssim_y": ssim(sr_u8, hr_u8, crop, y),
+                         **row_fields})
+    return rows
+
+
+def summarize(rows: list[dict], by: tuple[str, ...] = ("model", "dataset", "reference", "metric")) -> list[dict]:
+    """Mean (and, over seeds when rows carry a "seed", the spread) of psnr_y/ssim_y grouped by ``by``.
+
+    Returns rows {**group, psnr_y, ssim_y, n_images, seeds, psnr_y_std_over_seeds}: the mean over images is
+    taken per seed first, then averaged over seeds; the std is over the per-seed means (0 for one seed).
+    """
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(r.get(k) for k in by)
+        groups.setdefault(key, {}).setdefault(r.get("seed"), []).append(r)
+    out = []
+    for key, per_seed in groups.items():
+        means_p = [statistics.fmean(x["psnr_y"] for x in rs) for rs in per_seed.values()]
+        means_s = [statistics.fmean(x["ssim_y"] for x in rs) for rs in per_seed.values()]
+        out.append({**dict(zip(by, key)), "psnr_y": statistics.fmean(means_p), "ssim_y": statistics.fmean(means_s),
+                    "n_images": len(next(iter(per_seed.values()))), "seeds": sorted(s for s in per_seed if s is not None),
+                    "psnr_y_std_over_seeds": statistics.pstdev(means_p) if len(means_p) > 1 else 0.0})
+    return out
+
+
+def write_json(obj, path: str | Path) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary name, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+    return path

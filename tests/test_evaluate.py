@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rrsr_lib.data import EmbeddedTestPairs
+from rrsr_lib.degradation import bicubic_downsample, to_uint8, upsample_lr
+from rrsr_lib.errors import InputError
+from rrsr_lib.evaluate import Bicubic, evaluate, summarize, tiled_forward, write_json
+from rrsr_lib.metrics import psnr
+
+
+class TinySR(nn.Module):
+    """A small conv net with a known receptive field (3 convs 3x3 at LR: radius 3) and a reference term."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 48, 3, padding=1))
+        self.up = nn.PixelShuffle(4)
+
+    def forward(self, lr, ref):
+        return self.up(self.body(lr)) * 0.1 + nn.functional.interpolate(lr, scale_factor=4) + 0 * ref.mean()
+
+
+def test_bicubic_baseline_is_pil_bicubic():
+    item = EmbeddedTestPairs(pairs=["aloe"])[0]
+    sr = Bicubic()(item["lr"][None], item["ref"][None])
+    np.testing.assert_array_equal(to_uint8(sr[0]), upsample_lr(to_uint8(item["lr"])))
+
+
+def test_tiling_equals_whole_image_when_overlap_covers_receptive_field():
+    model = TinySR().eval()
+    lr, ref = torch.rand(1, 3, 37, 53), torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        whole = model(lr, ref)
+        tiled = tiled_forward(model, lr, ref, tile=16, overlap=4)
+        too_small = tiled_forward(model, lr, ref, tile=16, overlap=1)
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+    assert (too_small - whole).abs().max() > 1e-4  # the check can fail: too little context shows
+
+
+def test_evaluate_rows_name_their_protocol_and_match_direct_metrics():
+    data = EmbeddedTestPairs(pairs=["aloe", "books"])
+    rows = evaluate(Bicubic(), data, "bicubic", "embedded", progress=False, seed=0)
+    assert len(rows) == 4 and {r["metric"] for r in rows} == {"y_crop4", "y_crop0"}
+    assert all(r["reference"] == "pair" and r["metric_note"] for r in rows)
+    hr = to_uint8(data[0]["hr"])
+    direct = psnr(upsample_lr(bicubic_downsample(hr)), hr, crop_border=4)
+    row = next(r for r in rows if r["name"] == "aloe" and r["metric"] == "y_crop4")
+    assert row["psnr_y"] == pytest.approx(direct, abs=1e-9)
+
+
+def test_summarize_means_over_images_then_seeds():
+    rows = [{"model": "m", "metric": "y_crop4", "seed": s, "psnr_y": p, "ssim_y": 0.5}
+            for s, ps in ((0, (20, 22)), (1, (24, 26))) for p in ps]
+    (out,) = summarize(rows, by=("model", "metric"))
+    assert out["psnr_y"] == 23 and out["psnr_y_std_over_seeds"] == 2 and out["seeds"] == [0, 1] and out["n_images"] == 2
+
+
+def test_bad_protocol_and_wrong_output_size():
+    data = EmbeddedTestPairs(pairs=["aloe"])
+    with pytest.raises(InputError, match="unknown metric protocol"):
+        evaluate(Bicubic(), data, "b", "e", metrics=("psnr_rgb",), progress=False)
+    with pytest.raises(InputError, match="returned"):
+        evaluate(lambda lr, ref: lr, data, "identity", "e", progress=False)
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = write_json([{"a": 1}], tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text()) == [{"a": 1}] and not list(path.parent.glob(".*.tmp"))
