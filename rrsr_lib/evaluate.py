@@ -28,7 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .degradation import to_uint8, upsample_lr
+from torch.utils.data import Dataset
+
+from .data import EmbeddedTestPairs, make_pair
+from .degradation import bicubic_downsample, to_uint8, upsample_lr
 from .errors import InputError
 from .metrics import psnr, ssim
 
@@ -85,8 +88,47 @@ def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor, tile: in
     return out
 
 
+class LevelPairs(Dataset):
+    """Pairs at the 5 similarity levels cut from the embedded *test* inputs (never from training photos).
+
+    For each test input image and each level 1-5, one ``patch`` x ``patch`` HR crop and a reference made
+    by :func:`rrsr_lib.data.make_pair` (level 5: from the next test input, another scene), deterministic
+    given ``seed``. This is the embedded stand-in for CUFED5's table of PSNR by reference level.
+    Items: "hr" (3,P,P), "lr" (3,P/4,P/4), "ref" (3,P,P) float in [0,1]; "name" "<pair>#L<level>"; "level".
+    Item order is image-major: item 5*i + (level-1).
+    """
+
+    def __init__(self, patch: int = 160, seed: int = 0, pairs: list[str] | None = None, scale: int = 4):
+        if patch % scale or patch < 3 * scale:
+            raise InputError(f"patch must be a multiple of {scale} and give at least one 3x3 LR patch ({3 * scale} px), got {patch}")
+        base = EmbeddedTestPairs(scale=scale, pairs=pairs)
+        if len(base) < 2:
+            raise InputError("level 5 takes its reference from another image: use at least 2 test pairs")
+        self.images = [to_uint8(base[i]["hr"]) for i in range(len(base))]
+        self.names, self.patch, self.seed, self.scale = base.pair_names, patch, seed, scale
+
+    def __len__(self) -> int:
+        return 5 * len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        i, level = divmod(index, 5)
+        level += 1
+        rng = np.random.default_rng([self.seed, i, level])
+        other = self.images[(i + 1) % len(self.images)]
+        pair = make_pair(self.images[i], level, self.patch, rng, other=other, name=self.names[i])
+
+        def t(a):
+            return torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255
+        return {"hr": t(pair["hr"]), "lr": t(bicubic_downsample(pair["hr"], self.scale)), "ref": t(pair["ref"]),
+                "name": f"{self.names[i]}#L{level}", "level": level}
+
+
 def _reference_kind(item: dict, dataset) -> str:
     name = type(dataset).__name__
+    if name == "LevelPairs":
+        return f"level-{item['level']}"
     if name == "CUFED5":
         return "stitched" if dataset.mode == "stitched" else f"level-{int(item['level'])}"
     if name in ("Urban100", "Manga109", "SelfReferenceSet"):

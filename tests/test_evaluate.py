@@ -8,7 +8,7 @@ from torch import nn
 from rrsr_lib.data import EmbeddedTestPairs
 from rrsr_lib.degradation import bicubic_downsample, to_uint8, upsample_lr
 from rrsr_lib.errors import InputError
-from rrsr_lib.evaluate import Bicubic, evaluate, summarize, tiled_forward, write_json
+from rrsr_lib.evaluate import Bicubic, LevelPairs, evaluate, summarize, tiled_forward, write_json
 from rrsr_lib.metrics import psnr
 
 
@@ -72,3 +72,13 @@ def test_bad_protocol_and_wrong_output_size():
 def test_write_json_is_atomic(tmp_path):
     path = write_json([{"a": 1}], tmp_path / "sub" / "r.json")
     assert json.loads(path.read_text()) == [{"a": 1}] and not list(path.parent.glob(".*.tmp"))
+
+
+def test_level_pairs_are_graded_and_deterministic():
+    data = LevelPairs(patch=96, seed=3, pairs=["aloe", "books", "graf"])
+    assert len(data) == 15
+    item = data[5 + 4]                                   # second image, level 5
+    assert item["level"] == 5 and item["name"] == "books#L5" and item["lr"].shape == (3, 24, 24)
+    torch.testing.assert_close(data[2]["ref"], LevelPairs(patch=96, seed=3, pairs=["aloe", "books", "graf"])[2]["ref"])
+    rows = evaluate(Bicubic(), data, "bicubic", "embedded-levels", metrics=("y_crop4",), progress=False)
+    assert [r["reference"] for r in rows[:5]] == [f"level-{k}" for k in range(1, 6)]
