@@ -3,26 +3,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from toy_refsr import ToyRefSR
 
 from rrsr_lib.data.warp import random_homography_warp
 from rrsr_lib.degradation import bicubic_downsample, to_uint8
 from rrsr_lib.errors import InputError
 from rrsr_lib.reciprocal import (RECIPROCAL_WEIGHT, ReciprocalLearning, add_warped_reference, reciprocal_loss,
                                  reciprocal_passes, warped_reference)
-
-
-class ToyRefSR(nn.Module):
-    """A minimal RefSR network: x4 bilinear LR plus a conv of (upsampled LR, reference resized to the output)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(6, 3, 3, padding=1)
-
-    def forward(self, lr, ref):
-        up = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
-        r = F.interpolate(ref, size=up.shape[-2:], mode="bilinear", align_corners=False)
-        return up + self.conv(torch.cat([up, r], 1))
 
 
 def _batch(seed=0, b=2, p=32):
@@ -80,11 +67,11 @@ def test_reciprocal_pass_2_uses_sr_as_reference_and_its_gradient_reaches_pass_1(
     sr.retain_grad()
     F.l1_loss(hat, ref_w).backward()  # the reciprocal term alone
     assert sr.grad is not None and sr.grad.abs().sum() > 0  # SR is not detached
-    g_full = model.conv.weight.grad.clone()
+    g_full = model.head.weight.grad.clone()
     # the same term with SR detached gives another gradient: the path through pass 1 is really there
     model.zero_grad()
     F.l1_loss(model(lr_ref_w, sr.detach()), ref_w).backward()
-    assert not torch.allclose(g_full, model.conv.weight.grad)
+    assert not torch.allclose(g_full, model.head.weight.grad)
 
 
 def test_reciprocal_wrapper_is_pass_1_at_inference_and_trains_with_both_passes():
@@ -93,7 +80,7 @@ def test_reciprocal_wrapper_is_pass_1_at_inference_and_trains_with_both_passes()
     wrapped = ReciprocalLearning(model).eval()
     batch = _batch(1)
     torch.testing.assert_close(wrapped(batch["lr"], batch["ref"]), model(batch["lr"], batch["ref"]))
-    assert [n for n, _ in wrapped.named_parameters()] == ["model.conv.weight", "model.conv.bias"]
+    assert [n for n, _ in wrapped.named_parameters()] == ["model.head.weight", "model.head.bias", "model.tail.weight", "model.tail.bias"]
     with pytest.raises(InputError, match="rng"):
         wrapped.training_loss(batch)
     out = wrapped.training_loss(batch, rng=np.random.default_rng(0))

@@ -1,0 +1,157 @@
+"""Tests of rrsr_lib.train: parameter checks, a short run, exact resume, reciprocal and GAN steps."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from toy_refsr import ToyRefSR
+
+from rrsr_lib.errors import InputError
+from rrsr_lib.reciprocal import warped_reference
+from rrsr_lib.train import PARAMETERS, Trainer, check_params, load_params, main, train
+
+
+# CPU-sized run on the embedded photos: HR 32, LR 8, batch 2, a toy network
+TINY = dict(dataset="embedded", hr_patch=32, lr_patch=8, ref_size=32, embedded_length=12, batch_size=2,
+            val_dataset="none", lr=1e-3, log_every=1, checkpoint_every=0, progress=False, device="cpu")
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_defaults_are_the_authors_configuration():
+    p = check_params()
+    assert (p["iterations"], p["batch_size"], p["hr_patch"], p["lr_patch"], p["lr"]) == (255000, 9, 160, 40, 1e-4)
+    assert p["lr_milestones"] == [72545, 211040] and p["lr_gamma"] == 0.1 and p["seed"] == 10
+    assert (p["offset_lr_x1"], p["offset_lr_x2"], p["offset_lr_x4"]) == (1e-6, 1e-5, 1e-4)
+    assert p["reciprocal_weight"] == 0.6 and p["betas"] == [0.9, 0.999]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"iteratons": 5}, "unknown training parameter"),
+    ({"iterations": "5"}, "must be of type int"),
+    ({"iterations": 0}, "invalid value 0"),
+    ({"reciprocal": 1}, "must be of type bool"),
+    ({"model": "srgan"}, "one of rrsr, sisr, c2, ttsr"),
+    ({"lr_milestones": [5, 3]}, "ascending"),
+    ({"betas": [0.9]}, "two numbers"),
+    ({"hr_patch": 160, "lr_patch": 32}, "hr_patch / 4"),
+    ({"warp_min_px": 20.0}, "larger than warp_max_px"),
+    ({"dataset": "cufed", "data_root": ""}, "needs data_root"),
+])
+def test_bad_params_are_refused_with_a_clear_message(bad, message):
+    with pytest.raises(InputError, match=message):
+        check_params(bad)
+
+
+def test_bad_parameter_files_are_refused(tmp_path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text("iterations: 10\nbatchsize: 3\n")
+    with pytest.raises(InputError, match=r"unknown training parameter\(s\) \['batchsize'\]"):
+        load_params(f)
+    f.write_text("iterations: [1\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_params(f)
+    with pytest.raises(InputError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    # the command line prints one sentence, no traceback
+    f.write_text("iterations: 10\nbatchsize: 3\n")
+    assert main(["--params", str(f)]) == 2
+    assert "batchsize" in capsys.readouterr().err
+
+
+def test_a_short_run_brings_the_loss_down(tmp_path):
+    torch.manual_seed(0)
+    r = train(dict(TINY, iterations=12, reciprocal=False, log_every=4, val_dataset="embedded", val_limit=1,
+                   val_every=12, output_dir=str(tmp_path)), model=ToyRefSR())
+    losses = [row["loss"] for row in r["train_log"]]
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
+    assert r["summary"]["final_validation"]["pairs"] == 1 and r["summary"]["final_validation"]["psnr"] > 10
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "summary.json").exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+    torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loads without running code
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_losses_exactly(tmp_path):
+    # GAN variant with reciprocal learning: covers the data order, Ref_w warps, the discriminator and the
+    # random mixtures of the gradient penalty (torch's generator), Adam states and the lr schedule
+    params = dict(TINY, iterations=6, reciprocal=True, gan=True, pixel_warmup=3, d_channels=4, perceptual_weight=0.0,
+                  lr_milestones=[5], checkpoint_every=4, embedded_length=5)
+    torch.manual_seed(0)
+    train(dict(params, output_dir=str(tmp_path / "straight")), model=ToyRefSR())
+    torch.manual_seed(0)
+    partial = train(dict(params, output_dir=str(tmp_path / "cut")), model=ToyRefSR(), stop_after=5)
+    assert partial["summary"] is None and len(partial["train_log"]) == 5  # "killed" after step 5, checkpoint at 4
+    torch.manual_seed(123)  # a different state before resuming must not matter
+    resumed = train(dict(params, output_dir=str(tmp_path / "cut")), model=ToyRefSR())
+    straight = _csv_rows(tmp_path / "straight" / "train_log.csv")
+    cut = _csv_rows(tmp_path / "cut" / "train_log.csv")
+    assert [r["step"] for r in cut] == [str(s) for s in range(1, 7)]  # step 5 was redone, not logged twice
+    columns = ["loss", "l1", "reciprocal", "gan_g", "critic", "gp", "lr"]
+    assert [[r[c] for c in columns] for r in cut] == [[r[c] for c in columns] for r in straight]
+    assert float(straight[-1]["critic"]) != 0 and float(straight[-1]["reciprocal"]) > 0
+    assert float(straight[-1]["lr"]) == pytest.approx(1e-4)  # x0.1 after the milestone
+    final_a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    final_b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert resumed["summary"]["iterations"] == 6
+    # resuming with parameters that change the run is refused
+    with pytest.raises(InputError, match="other values"):
+        train(dict(params, output_dir=str(tmp_path / "cut"), lr=5e-4), model=ToyRefSR())
+
+
+def test_reciprocal_step_loss_is_l1_plus_0_6_times_the_second_pass(tmp_path):
+    torch.manual_seed(0)
+    model = ToyRefSR()
+    trainer = Trainer(check_params(TINY, output_dir=str(tmp_path), lr=1e-12), model=model)
+    g = torch.Generator().manual_seed(1)
+    hr, ref = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    batch = {"hr": hr, "lr": F.avg_pool2d(hr, 4), "ref": ref}
+    batch["ref_w"], batch["lr_ref_w"] = warped_reference(ref, np.random.default_rng(0))
+    with torch.no_grad():
+        sr = model(batch["lr"], ref)
+        expected_rec = (model(batch["lr_ref_w"], sr) - batch["ref_w"]).abs().mean().item()
+        expected_l1 = (sr - hr).abs().mean().item()
+    logs = trainer.step(batch)
+    assert logs["l1"] == pytest.approx(expected_l1, rel=1e-6)
+    assert logs["reciprocal"] == pytest.approx(expected_rec, rel=1e-6)
+    assert logs["loss"] == pytest.approx(expected_l1 + 0.6 * expected_rec, rel=1e-6)
+    # without Ref_w in the batch the step refuses to run reciprocal learning
+    with pytest.raises(InputError, match="ref_w"):
+        trainer.step({k: batch[k] for k in ("hr", "lr", "ref")})
+
+
+def test_every_parameter_has_a_meaning_and_a_valid_default():
+    for name, (default, typ, rule, allowed, meaning) in PARAMETERS.items():
+        assert meaning, name
+    check_params()  # all defaults pass their own rules
+
+
+def test_command_line_trains_from_a_parameter_file(tmp_path, capsys):
+    f = tmp_path / "p.yaml"
+    lines = [f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY.items()]
+    f.write_text("\n".join(lines + ["iterations: 2", "model: sisr", "model_config: small",
+                                     f"output_dir: {tmp_path / 'out'}"]))
+    assert main(["--params", str(f), "--set", "reciprocal=false", "val_dataset=embedded", "val_limit=1"]) == 0
+    assert '"iterations": 2' in capsys.readouterr().out
+    assert len(_csv_rows(tmp_path / "out" / "train_log.csv")) == 2
+    assert len(_csv_rows(tmp_path / "out" / "val_log.csv")) == 1
+
+
+def test_offset_parameters_get_the_authors_per_scale_learning_rates(tmp_path):
+    from rrsr_lib.models import offset_scale
+
+    trainer = Trainer(check_params(TINY, model="c2", model_config="small", lr_milestones=[1], output_dir=str(tmp_path)))
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert {k: g["lr"] for k, g in groups.items()} == {"main": 1e-3, "offset_x1": 1e-6, "offset_x2": 1e-5,
+                                                       "offset_x4": 1e-4}
+    for name, prm in trainer.model.named_parameters():
+        if prm.requires_grad:
+            group = f"offset_{offset_scale(name)}" if offset_scale(name) else "main"
+            assert any(prm is q for q in groups[group]["params"]), name
+    trainer.optimizer.step()
+    trainer.scheduler.step()  # one milestone passed: every group x0.1
+    assert groups["offset_x1"]["lr"] == pytest.approx(1e-7) and groups["main"]["lr"] == pytest.approx(1e-4)
