@@ -47,13 +47,9 @@ __all__ = ["SISRConfig", "SingleImageSR", "C2_CONFIGS", "C2Matching", "TTSRConfi
 C2_AUTHORS_PARAMETERS = 8_865_547
 
 
-def _check_call(lr: torch.Tensor, ref: torch.Tensor) -> None:
-    for name, t in (("lr", lr), ("ref", ref)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != 3 or not t.dtype.is_floating_point:
-            raise InputError(f"{name} must be a float tensor [B, 3, H, W] with values in [0, 1], "
-                             f"got {getattr(t, 'shape', type(t))}")
-    if lr.shape[0] != ref.shape[0]:
-        raise InputError(f"lr and ref must have the same batch size, got {lr.shape[0]} and {ref.shape[0]}")
+def _check_call(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor) -> None:
+    # the same input checks as RRSR's (shapes, dtype, batch sizes, devices); they use no state of the model
+    RRSR._check(model, lr, ref)
 
 
 def _config(configs: dict, config, kind: str):
@@ -112,7 +108,7 @@ class SingleImageSR(nn.Module):
         self.tail = nn.Sequential(conv3x3(c, c // 2), nn.LeakyReLU(LRELU_SLOPE), conv3x3(c // 2, 3))
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        _check_call(lr, ref)
+        _check_call(self, lr, ref)
         x = self.content(lr)
         for stages, up in ((self.x1, self.up1), (self.x2, self.up2), (self.x4, None)):
             for stage in stages:
@@ -275,7 +271,7 @@ class TTSR(nn.Module):
         self.tail = nn.Sequential(conv3x3(c, c // 2), nn.LeakyReLU(LRELU_SLOPE), conv3x3(c // 2, 3))
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        _check_call(lr, ref)
+        _check_call(self, lr, ref)
         # zero-pad the reference (bottom, right) to a multiple of 4, and to at least one 3x3 patch at LR scale
         hr_, wr_ = ref.shape[2:]
         ph, pw = max(-(-hr_ // 4) * 4, 12), max(-(-wr_ // 4) * 4, 12)
