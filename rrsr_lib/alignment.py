@@ -158,6 +158,31 @@ def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return samples.view(b, g, c // g, TAPS, h * w)
 
 
+class _Modulate(torch.autograd.Function):
+    """cols = samples * mask, broadcast over the channels of a group, with a backward that sums the mask
+    gradient channel by channel (addcmul_, several times faster on the CPU than ``(g * s).sum(2)``)."""
+
+    @staticmethod
+    def forward(ctx, samples, mask):
+        # samples [B, G, Cg, 9, HW], mask [B, G, 1, 9, HW]
+        ctx.save_for_backward(samples, mask)
+        return samples * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        samples, mask = ctx.saved_tensors
+        grad_samples = grad_mask = None
+        if ctx.needs_input_grad[1]:
+            # d cols / d m = samples, summed over the Cg channels that share the mask
+            grad_mask = grad[:, :, 0] * samples[:, :, 0]
+            for c in range(1, samples.shape[2]):
+                grad_mask.addcmul_(grad[:, :, c], samples[:, :, c])
+            grad_mask = grad_mask.unsqueeze(2)
+        if ctx.needs_input_grad[0]:
+            grad_samples = grad * mask
+        return grad_samples, grad_mask
+
+
 def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """Modulated deformable 3x3 convolution as "sample the 9 taps, then one matrix multiplication".
@@ -173,12 +198,14 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     m = mask.view(b, groups, 1, TAPS, h * w)
     # columns of the im2col matrix: m_k(p) * x(p + k + offset_k(p)); row index c*9 + k like weight.view(Cout, C*9)
     if torch.is_grad_enabled() and (samples.requires_grad or m.requires_grad):
-        cols = samples * m
+        cols = _Modulate.apply(samples, m)
     else:
         cols = samples.mul_(m)   # inference: no second copy of the (9x larger than x) column tensor
     cols = cols.view(b, c * TAPS, h * w)
-    # out[b, o, p] = sum_{c,k} W[o, c, k] * cols[b, c*9 + k, p] + bias[o]: one (batched) matrix multiplication
-    out = torch.matmul(weight.reshape(weight.shape[0], c * TAPS), cols)
+    # out[b, o, p] = sum_{c,k} W[o, c, k] * cols[b, c*9 + k, p] + bias[o]: one (batched) matrix multiplication.
+    # bmm with the kernel expanded over the batch (no copy); torch.matmul(2-D, 3-D) would fold and copy cols.
+    w2 = weight.reshape(weight.shape[0], c * TAPS)
+    out = torch.bmm(w2.unsqueeze(0).expand(b, -1, -1), cols)
     if bias is not None:
         out = out + bias.view(1, -1, 1)
     return out.view(b, weight.shape[0], h, w)

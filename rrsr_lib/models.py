@@ -1,0 +1,450 @@
+"""The RRSR network, assembled from its parts; and the model registry ``build_model(name, config)``.
+
+Idea: RRSR restores the LR image at three scales (x1 = LR size, x2, x4 = HR size). At each scale the
+reference texture (VGG relu3_1 / relu2_1 / relu1_1 of the reference) is aligned to the current LR
+feature by deformable convolutions seeded by the matches (rrsr_lib.alignment), a reference-aware
+block selects what to use (rrsr_lib.selection), and residual blocks restore. At x2 and x4 this is
+done by a *cascade* of 3 stages, each re-estimating its residual offsets from the LR feature that the
+stages before it improved ("progressive alignment and selection")::
+
+    LR --conv+16 blocks--> F
+    x1:  F = F + blocks16(select(F, align(F, relu3_1)))                      then conv + PixelShuffle x2
+    x2:  3 x [F = F + blocks5(select(F, align(F, relu2_1)))]                 then conv + PixelShuffle x2
+    x4:  3 x [F = F + blocks5(select(F, align(F, relu1_1)))]
+    SR = conv(LeakyReLU(conv(F))) + bilinear_x4(LR)
+
+The matching front end (frozen: contrastive VGG16 trunks, patch matching, index -> flow -> per-tap
+pre-offsets) runs once, at the LR scale, and its offsets seed every alignment unit (x2, x4: flow
+upsampled and scaled, rrsr_lib.offsets).
+
+Parameter count: the authors' restoration network has 22,594,651 trainable parameters (RRSR.md,
+counted from their architecture). The network below has exactly that many. What we had to infer:
+the alignment unit's offset branch is C2-Matching's (conv3x3 (64+C)->C, conv3x3 C->C, then a
+zero-initialised conv3x3 C->216 for 8 groups x 9 taps x (dy, dx, mask)) and the deformable kernel
+is C->C; the rest of the count (12,170,032, the "about 12.17 M in the 7 selection blocks") is met
+exactly by experts with one bias each, routing Linear(Cin, 16) with bias, and a gate whose squeeze
+keeps Cin channels (conv1x1 Cin->Cin, ReLU, conv1x1 Cin->64). That design also gives about 88 GMACs
+for a 40x40 LR input without VGG and matching, the authors' other count (see :func:`count_macs`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .alignment import DEFORM_PATHS, AlignmentUnit
+from .blocks import LRELU_SLOPE, Upsample2x, conv3x3, residual_stack
+from .errors import InputError
+from .matching import match_patches
+from .offsets import flow_from_index, pre_offsets, to_deform_offsets
+from .selection import PlainHead, SelectionBlock
+from .vgg import VGGFeatures
+
+__all__ = ["RRSRConfig", "CONFIGS", "ABLATIONS", "resolve_config", "RRSR", "Stage", "ContentExtractor",
+           "MatchingFrontEnd", "VGGMatchingFeatures", "MODELS", "register_model", "build_model",
+           "offset_scale", "count_parameters", "parameter_table", "count_macs", "AUTHORS_PARAMETERS"]
+
+# RRSR.md "Size (count)": the authors' restoration network
+AUTHORS_PARAMETERS = 22_594_651
+AUTHORS_SELECTION_PARAMETERS = 12.17e6
+AUTHORS_GMACS_40 = 88.0
+
+# reference texture per scale: VGG layer and its channels (RRSR.md, pipeline step 4)
+TEXTURE = {1: ("relu3_1", 256), 2: ("relu2_1", 128), 4: ("relu1_1", 64)}
+SCALES = (1, 2, 4)
+_announced: set[str] = set()
+
+
+@dataclass(frozen=True)
+class RRSRConfig:
+    """Sizes of the RRSR network. The defaults are the authors' ("paper")."""
+    channels: int = 64                      # width of the LR feature everywhere
+    content_blocks: int = 16                # residual blocks of the content extractor
+    x1_blocks: int = 16                     # residual blocks of the x1 stage
+    stage_blocks: int = 5                   # residual blocks of each x2 / x4 cascade stage
+    stages: tuple[int, int, int] = (1, 3, 3)  # stages at x1, x2, x4
+    experts: int = 16                       # CondConv experts per selection block
+    groups: int = 8                         # deformable groups of the alignment units
+    gate_hidden: int | None = None          # squeeze width of the channel gate (None: Cin, as inferred)
+    offset_channels: tuple[int | None, int | None, int | None] = (None, None, None)  # offset-branch width at x1/x2/x4 (None: ref channels)
+    selection: bool = True                  # False: ablation "no selection" (plain conv head)
+    ref_scales: tuple[int, ...] = (1, 2, 4)  # scales that use the reference; (1,): ablation "single-scale alignment"
+    deform_path: str = "auto"               # "auto", "torchvision" or "sampling" (rrsr_lib.alignment)
+    vgg_weights: str = "auto"               # rrsr_lib.vgg.load_vgg's choice of pretrained weights
+    patch_size: int = 3                     # matching patch size
+
+    def __post_init__(self):
+        if len(self.stages) != 3 or any(int(s) < 1 for s in self.stages):
+            raise InputError(f"stages must be three counts >= 1 (x1, x2, x4), got {self.stages}")
+        if not set(self.ref_scales) <= set(SCALES) or not self.ref_scales:
+            raise InputError(f"ref_scales must be a non-empty subset of {SCALES}, got {self.ref_scales}")
+        if self.deform_path not in DEFORM_PATHS:
+            raise InputError(f"deform_path must be one of {DEFORM_PATHS}, got {self.deform_path!r}")
+        if any(c % self.groups for _, c in TEXTURE.values()):
+            raise InputError(f"groups={self.groups} must divide the texture channels 64, 128 and 256")
+        if self.channels < 2 or self.experts < 1:
+            raise InputError(f"channels must be >= 2 and experts >= 1, got {self.channels} and {self.experts}")
+
+
+CONFIGS: dict[str, RRSRConfig] = {
+    # the authors' sizes: 64 channels, 16 residual blocks, 16 experts, 8 deformable groups, cascades 1/3/3, 5 blocks per stage
+    "paper": RRSRConfig(),
+    # the same network with smaller numbers, for training on a CPU in minutes (texture channels stay VGG's)
+    "small": RRSRConfig(channels=32, content_blocks=2, x1_blocks=2, stage_blocks=1, stages=(1, 2, 2), experts=4,
+                        gate_hidden=32, offset_channels=(32, 32, 16)),
+}
+# ablations, applied to any base configuration: "paper_no_selection", "small_single_scale", ...
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_selection": {"selection": False},      # plain convolution head instead of the reference-aware block
+    "no_cascade": {"stages": (1, 1, 1)},       # one stage per scale
+    "single_scale": {"ref_scales": (1,)},      # the reference is aligned and used at x1 only
+}
+
+
+def resolve_config(config: str | RRSRConfig | dict = "paper", **overrides) -> RRSRConfig:
+    """An :class:`RRSRConfig` from a name ("paper", "small", "paper_no_cascade", ...), a config, or a dict
+    of field values (applied to "paper"); keyword ``overrides`` replace fields last."""
+    if isinstance(config, RRSRConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = resolve_config("paper", **config)
+    elif isinstance(config, str):
+        names = sorted(CONFIGS) + [f"{b}_{a}" for b in sorted(CONFIGS) for a in sorted(ABLATIONS)]
+        base, _, ablation = config.partition("_")
+        if base not in CONFIGS or (ablation and ablation not in ABLATIONS):
+            raise InputError(f"unknown RRSR configuration {config!r}; choose one of {names}")
+        cfg = dataclasses.replace(CONFIGS[base], **ABLATIONS.get(ablation, {}))
+    else:
+        raise InputError(f"config must be a name, an RRSRConfig or a dict, got {type(config).__name__}")
+    fields = {f.name for f in dataclasses.fields(RRSRConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InputError(f"unknown RRSR config field(s) {unknown}; fields are {sorted(fields)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# parts
+# ----------------------------------------------------------------------------------------------
+class ContentExtractor(nn.Module):
+    """LR image -> LR feature: conv3x3 3->C, LeakyReLU(0.1), residual blocks. [B,3,h,w] -> [B,C,h,w]."""
+
+    def __init__(self, channels: int = 64, blocks: int = 16):
+        super().__init__()
+        self.conv_first = conv3x3(3, channels)
+        self.act = nn.LeakyReLU(LRELU_SLOPE)
+        self.body = residual_stack(channels, blocks)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.body(self.act(self.conv_first(lr)))
+
+
+class Stage(nn.Module):
+    """One stage of a scale: align the reference, select, restore; with a skip over the stage.
+
+    out = x + blocks(select(x, align(x, ref_feat)))  (ref_channels > 0), or x + blocks(x) (no reference).
+    x: [B, C, H, W]; ref_feat: [B, ref_channels, H, W]; pre_offsets: [B, 18G, H, W]; valid: (h, w) unpadded size.
+    """
+
+    def __init__(self, channels: int, ref_channels: int, blocks: int, cfg: RRSRConfig, offset_channels: int | None):
+        super().__init__()
+        self.uses_reference = ref_channels > 0
+        if self.uses_reference:
+            self.align = AlignmentUnit(channels, ref_channels, cfg.groups, offset_channels, cfg.deform_path)
+            if cfg.selection:
+                self.select = SelectionBlock(channels, ref_channels, channels, cfg.experts, cfg.gate_hidden)
+            else:
+                self.select = PlainHead(channels, ref_channels, channels)
+        self.body = residual_stack(channels, blocks)
+
+    def forward(self, x, ref_feat=None, pre_offsets=None, valid=None, trace: list | None = None):
+        h = x
+        if self.uses_reference:
+            aligned, off = self.align(x, ref_feat, pre_offsets, return_offsets=True)
+            h, gates = self.select(x, aligned, valid, return_gates=True)
+            if trace is not None:
+                trace.append({**{k: v.detach() for k, v in off.items()}, **{k: v.detach() for k, v in gates.items()}})
+        return x + self.body(h)
+
+
+class VGGMatchingFeatures(nn.Module):
+    """Matching features from ImageNet VGG relu3_1 (one trunk for both images), frozen.
+
+    The authors match on two VGG16 trunks trained by C2-Matching's contrastive scheme
+    (rrsr_lib.contrastive); ImageNet VGG is what those trunks start from. This class is the
+    stand-in used until trained trunks are given; :class:`RRSR` announces it in one printed line.
+    forward(lr_up [B,3,H,W], ref [B,3,H,W], in [0,1]) -> ([B,256,H/4,W/4], [B,256,H/4,W/4]).
+    """
+
+    description = "ImageNet VGG relu3_1 (untrained stand-in for the contrastive trunks)"
+
+    def __init__(self, vgg: VGGFeatures):
+        super().__init__()
+        if "relu3_1" not in vgg.layers:
+            raise InputError("VGGMatchingFeatures needs a VGGFeatures module that returns relu3_1")
+        self.vgg = vgg
+
+    def forward(self, lr_up: torch.Tensor, ref: torch.Tensor):
+        return self.vgg(lr_up)["relu3_1"], self.vgg(ref)["relu3_1"]
+
+
+class MatchingFrontEnd(nn.Module):
+    """Frozen front end: (LR canvas, Ref canvas) -> matched pre-offsets for every scale, in DCN layout.
+
+    features: a module (lr_up [B,3,4h,4w], ref [B,3,4h,4w]) -> (feat_in, feat_ref), both [B, C, h, w]
+    (the contrastive trunks, or :class:`VGGMatchingFeatures`). groups: deformable groups.
+    forward(lr [B,3,h,w], ref [B,3,4h,4w]) -> {"index", "score" [B,h-2,w-2], "flow" [B,h,w,2],
+    1: [B,18G,h,w], 2: [B,18G,2h,2w], 4: [B,18G,4h,4w]}. No gradients (matching is an argmax).
+    """
+
+    def __init__(self, features: nn.Module, groups: int = 8, patch_size: int = 3):
+        super().__init__()
+        self.features, self.groups, self.patch_size = features, groups, patch_size
+        self.features.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        # frozen: stays in eval mode whatever the network around it does
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> dict:
+        # the authors match the LR image enlarged x4 by bicubic interpolation against the reference
+        # (their data loader uses PIL's bicubic; inside the network we use torch's, a sub-gray-level difference)
+        lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        feat_in, feat_ref = self.features(lr_up, ref)
+        index, score = match_patches(feat_in, feat_ref, self.patch_size)
+        # flow = matched top-left - own top-left, zero-padded back to h x w
+        flow = flow_from_index(index, ref_grid_width=feat_ref.shape[3] - self.patch_size + 1, pad=self.patch_size - 1)
+        out = {"index": index, "score": score, "flow": flow}
+        for s in SCALES:
+            out[s] = to_deform_offsets(pre_offsets(flow, s), self.groups)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the network
+# ----------------------------------------------------------------------------------------------
+class RRSR(nn.Module):
+    """RRSR: model(lr, ref) -> sr.
+
+    lr: [B, 3, h, w] float in [0, 1]; ref: [B, 3, Hr, Wr] float in [0, 1] (any sizes, h, w >= 1).
+    Returns [B, 3, 4h, 4w]; clamped to [0, 1] in eval mode (in training mode unclamped, as the
+    authors train, so that the loss sees the raw output).
+    Inside, LR and Ref are zero-padded at the bottom/right to a common canvas (LR canvas x4 = Ref
+    canvas, at least 3x3 LR pixels), as the authors do for test pairs of different size, and the output
+    is cropped back. The selection blocks' pools cover the unpadded LR region only.
+
+    config: an :class:`RRSRConfig`. matching_features: the module that gives matching features
+    (default: the ImageNet-VGG stand-in, announced). texture: the frozen VGGFeatures giving relu1_1/2_1/3_1
+    (default: rrsr_lib.vgg with ``config.vgg_weights``).
+    """
+
+    def __init__(self, config: RRSRConfig | None = None, matching_features: nn.Module | None = None,
+                 texture: VGGFeatures | None = None):
+        super().__init__()
+        cfg = config or RRSRConfig()
+        self.config = cfg
+        c = cfg.channels
+        # frozen reference texture: VGG relu1_1 (HR), relu2_1 (HR/2), relu3_1 (HR/4)
+        self.texture = texture if texture is not None else VGGFeatures(("relu1_1", "relu2_1", "relu3_1"), weights=cfg.vgg_weights)
+        self.texture.requires_grad_(False)
+        if matching_features is None:
+            matching_features = VGGMatchingFeatures(self.texture)
+            if VGGMatchingFeatures.description not in _announced:   # one line per process, never silent
+                _announced.add(VGGMatchingFeatures.description)
+                print(f"rrsr_lib.models: matching features = {VGGMatchingFeatures.description}; "
+                      "pass matching_features= to use trained contrastive trunks")
+        self.matcher = MatchingFrontEnd(matching_features, cfg.groups, cfg.patch_size)
+        self.content = ContentExtractor(c, cfg.content_blocks)
+        blocks = {1: cfg.x1_blocks, 2: cfg.stage_blocks, 4: cfg.stage_blocks}
+
+        def stages(scale, n):
+            ref_ch = TEXTURE[scale][1] if scale in cfg.ref_scales else 0
+            oc = cfg.offset_channels[SCALES.index(scale)]
+            return nn.ModuleList(Stage(c, ref_ch, blocks[scale], cfg, oc) for _ in range(n))
+
+        self.x1 = stages(1, cfg.stages[0])
+        self.up1 = Upsample2x(c)
+        self.x2 = stages(2, cfg.stages[1])
+        self.up2 = Upsample2x(c)
+        self.x4 = stages(4, cfg.stages[2])
+        # tail: conv 64 -> 32, LeakyReLU, conv 32 -> 3
+        self.tail = nn.Sequential(conv3x3(c, c // 2), nn.LeakyReLU(LRELU_SLOPE), conv3x3(c // 2, 3))
+
+    @staticmethod
+    def canvas_size(lr_hw: tuple[int, int], ref_hw: tuple[int, int]) -> tuple[int, int]:
+        """LR-scale size of the common canvas: max(h, ceil(Hr/4), 3) x max(w, ceil(Wr/4), 3)."""
+        return (max(lr_hw[0], math.ceil(ref_hw[0] / 4), 3), max(lr_hw[1], math.ceil(ref_hw[1] / 4), 3))
+
+    def _check(self, lr, ref):
+        for name, t in (("lr", lr), ("ref", ref)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != 3 or not t.dtype.is_floating_point:
+                raise InputError(f"{name} must be a float tensor [B, 3, H, W] with values in [0, 1], "
+                                 f"got {getattr(t, 'shape', type(t))}")
+        if lr.shape[0] != ref.shape[0]:
+            raise InputError(f"lr and ref must have the same batch size, got {lr.shape[0]} and {ref.shape[0]}")
+        if lr.device != ref.device:
+            raise InputError(f"lr is on {lr.device} and ref on {ref.device}; move both to the model's device")
+
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        """SR image [B, 3, 4h, 4w]. ``trace``: an optional dict that receives the matching result and, per
+        scale, each stage's offsets, masks, routing weights and gates (for the notebooks)."""
+        self._check(lr, ref)
+        b, _, h, w = lr.shape
+        hc, wc = self.canvas_size((h, w), ref.shape[2:])
+        # zero-pad both to the common canvas (bottom and right), as the authors do for test pairs
+        lr_c = F.pad(lr, (0, wc - w, 0, hc - h))
+        ref_c = F.pad(ref, (0, 4 * wc - ref.shape[3], 0, 4 * hc - ref.shape[2]))
+        matched = self.matcher(lr_c, ref_c)
+        texture = self.texture(ref_c)
+        if trace is not None:
+            trace.update(matching={k: v for k, v in matched.items()}, canvas=(hc, wc), valid=(h, w))
+        x = self.content(lr_c)
+        for scale, stages, up in ((1, self.x1, self.up1), (2, self.x2, self.up2), (4, self.x4, None)):
+            ref_feat = texture[TEXTURE[scale][0]] if scale in self.config.ref_scales else None
+            stage_trace = [] if trace is not None else None
+            for stage in stages:
+                x = stage(x, ref_feat, matched[scale], (h * scale, w * scale), stage_trace)
+            if trace is not None:
+                trace[f"x{scale}"] = stage_trace
+            if up is not None:
+                x = up(x)
+        # global residual: + bilinear x4 of the LR image. We upsample the unpadded LR (the authors upsample
+        # the canvas) so that the last rows/columns do not blend in the zero padding.
+        sr = self.tail(x)[:, :, : 4 * h, : 4 * w] + F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
+        return sr if self.training else sr.clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator: register ``builder(config, **kwargs) -> nn.Module`` under ``name`` for :func:`build_model`.
+
+    Comparison models (e.g. "sisr", "c2", "ttsr") register themselves the same way and can reuse
+    rrsr_lib.blocks, rrsr_lib.alignment and rrsr_lib.selection.
+    """
+    def deco(builder):
+        MODELS[name] = builder
+        return builder
+    return deco
+
+
+def build_model(name: str, config: Any = "paper", **kwargs) -> nn.Module:
+    """Build a registered network: ``build_model("rrsr", "paper")``, ``build_model("rrsr", "small")``,
+    ``build_model("rrsr", "paper_no_cascade")``. Extra keyword arguments go to the builder (for "rrsr":
+    ``matching_features=``, ``texture=`` or config field overrides such as ``experts=4``)."""
+    if name not in MODELS:
+        try:   # comparison models live in rrsr_lib.baselines (when present) and register on import
+            from . import baselines  # noqa: F401
+        except ImportError:
+            pass
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
+    return MODELS[name](config, **kwargs)
+
+
+@register_model("rrsr")
+def _build_rrsr(config: Any = "paper", matching_features: nn.Module | None = None, texture: VGGFeatures | None = None,
+                **overrides) -> RRSR:
+    return RRSR(resolve_config(config, **overrides), matching_features=matching_features, texture=texture)
+
+
+# the convolutions that predict residual offsets and masks (the authors give them their own learning rates)
+_OFFSET_PARAM = re.compile(r"(?:^|\.)(x1|x2|x4)\.\d+\.align\.(offset_conv1|offset_conv2|offset_mask)\.(weight|bias)$")
+
+
+def offset_scale(name: str) -> str | None:
+    """"x1", "x2" or "x4" for a parameter name of an offset/mask convolution at that scale, else None.
+
+    e.g. "x2.1.align.offset_mask.weight" -> "x2" (RRSR.md: offset learning rates 1e-6 / 1e-5 / 1e-4).
+    """
+    m = _OFFSET_PARAM.search(name)
+    return m.group(1) if m else None
+
+
+# ----------------------------------------------------------------------------------------------
+# counting
+# ----------------------------------------------------------------------------------------------
+def count_parameters(module: nn.Module, trainable: bool = True) -> int:
+    """Number of (trainable, by default) parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def parameter_table(model: RRSR) -> dict[str, int]:
+    """Trainable parameters per part of an RRSR network: content, alignment, selection, residual blocks,
+    upsampling, tail (and the total)."""
+    parts = {"content extractor": 0, "alignment units": 0, "selection blocks": 0, "stage residual blocks": 0,
+             "upsampling": 0, "tail": 0}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("content."):
+            key = "content extractor"
+        elif ".align." in name:
+            key = "alignment units"
+        elif ".select." in name:
+            key = "selection blocks"
+        elif name.startswith(("x1.", "x2.", "x4.")):
+            key = "stage residual blocks"
+        elif name.startswith(("up1.", "up2.")):
+            key = "upsampling"
+        elif name.startswith("tail."):
+            key = "tail"
+        else:
+            raise RuntimeError(f"parameter {name} belongs to no part")
+        parts[key] += p.numel()
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def count_macs(model: RRSR, lr_hw: tuple[int, int] = (40, 40)) -> dict[str, int]:
+    """Multiply-accumulates per part for one LR input of size lr_hw (h, w), without VGG and matching.
+
+    Counted from the layer shapes and the scale each layer runs at (x1: h*w pixels, x2: 4hw, x4: 16hw):
+    a convolution costs Cin/groups * k*k * Cout per output pixel; a deformable convolution counts as a
+    3x3 convolution (its bilinear sampling is not included); a CondConv counts its one convolution
+    plus mixing the E expert kernels; the routing Linear and the gate's 1x1 convolutions act on pooled
+    vectors (one "pixel"). tests/test_models.py checks these numbers against hooks on a real forward pass.
+    """
+    from .selection import ChannelGate, CondConv2d
+
+    h, w = lr_hw
+    macs = {"content extractor": 0, "alignment units": 0, "selection blocks": 0, "stage residual blocks": 0,
+            "upsampling": 0, "tail": 0}
+    # the pixel count each top-level part runs at
+    pixels = {"content": h * w, "x1": h * w, "up1": h * w, "x2": 4 * h * w, "up2": 4 * h * w, "x4": 16 * h * w,
+              "tail": 16 * h * w}
+    pooled = set()
+    for mod in model.modules():
+        if isinstance(mod, ChannelGate):
+            pooled.update(id(m) for m in mod.modules())
+    for name, mod in model.named_modules():
+        top = name.split(".")[0]
+        if top not in pixels:
+            continue   # the frozen VGG and matching front end
+        key = ("alignment units" if ".align" in name else "selection blocks" if ".select" in name
+               else "content extractor" if top == "content" else "upsampling" if top.startswith("up")
+               else "tail" if top == "tail" else "stage residual blocks")
+        n = 1 if id(mod) in pooled else pixels[top]
+        if isinstance(mod, nn.Conv2d):
+            macs[key] += n * mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            macs[key] += mod.in_features * mod.out_features
+        elif isinstance(mod, AlignmentUnit):
+            # the deformable kernel: ref_channels x 9 multiply-adds per output value
+            macs[key] += n * mod.weight.numel()
+        elif isinstance(mod, CondConv2d):
+            # one convolution with the mixed kernel, plus mixing E kernels (E multiply-adds per kernel entry)
+            macs[key] += n * mod.weight[0].numel() + mod.weight.numel()
+    macs["total"] = sum(macs.values())
+    return macs

@@ -1,0 +1,227 @@
+"""Tests of rrsr_lib.models: the parameter count, any input size, frozen front end, gradients, ablations."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rrsr_lib.alignment import AlignmentUnit, deform_path
+from rrsr_lib.errors import InputError
+from rrsr_lib.models import (AUTHORS_PARAMETERS, RRSR, MatchingFrontEnd, PlainHead, RRSRConfig, SelectionBlock, build_model,
+                             count_macs, count_parameters, offset_scale, parameter_table, register_model, resolve_config)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return build_model("rrsr", "small")
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return build_model("rrsr", "paper")
+
+
+def test_paper_parameter_count_is_the_authors(paper):
+    n = count_parameters(paper)
+    assert abs(n - AUTHORS_PARAMETERS) <= 0.005 * AUTHORS_PARAMETERS
+    assert n == 22_594_651
+    table = parameter_table(paper)
+    assert table["total"] == n
+    # RRSR.md: about 12.17 M of them in the 7 selection blocks
+    assert table["selection blocks"] == pytest.approx(12.17e6, rel=1e-3)
+    assert sum(isinstance(m, SelectionBlock) for m in paper.modules()) == 7
+    assert sum(isinstance(m, AlignmentUnit) for m in paper.modules()) == 7
+    # VGG and the matching trunks are frozen and not counted
+    frozen = [p for p in list(paper.texture.parameters()) + list(paper.matcher.parameters()) if p.requires_grad]
+    assert not frozen and count_parameters(paper, trainable=False) > n
+
+
+def test_paper_macs_close_to_the_authors_count(paper):
+    macs = count_macs(paper, (40, 40))
+    # RRSR.md: about 88 GMACs for a 40x40 LR input, without VGG and matching
+    assert macs["total"] / 1e9 == pytest.approx(88.0, rel=0.02)
+
+
+def test_mac_count_matches_a_forward_pass_with_hooks(small):
+    # naive measurement: run the network and add up what every layer computed
+    from rrsr_lib.selection import CondConv2d
+    measured = {"n": 0}
+    frozen = set(map(id, list(small.texture.modules()) + list(small.matcher.modules())))
+
+    def hook(mod, inp, out):
+        y = out[0] if isinstance(out, tuple) else out
+        per_sample = y.numel() // y.shape[0]
+        if isinstance(mod, nn.Conv2d):
+            measured["n"] += per_sample * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            measured["n"] += mod.in_features * mod.out_features
+        elif isinstance(mod, AlignmentUnit):
+            measured["n"] += per_sample * mod.ref_channels * 9
+        elif isinstance(mod, CondConv2d):
+            measured["n"] += per_sample * mod.in_channels * 9 + mod.weight.numel()
+
+    hooks = [m.register_forward_hook(hook) for m in small.modules()
+             if id(m) not in frozen and isinstance(m, (nn.Conv2d, nn.Linear, AlignmentUnit, CondConv2d))]
+    small.eval()
+    try:
+        with torch.no_grad():
+            small(torch.zeros(1, 3, 6, 5), torch.zeros(1, 3, 24, 20))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    assert count_macs(small, (6, 5))["total"] == measured["n"]
+
+
+@pytest.mark.parametrize("lr_hw,ref_hw", [((7, 9), (30, 22)), ((5, 3), (20, 12)), ((9, 6), (64, 48)), ((2, 1), (8, 4))])
+def test_any_size_is_padded_and_cropped_back(small, lr_hw, ref_hw):
+    small.eval()
+    lr, ref = torch.rand(2, 3, *lr_hw), torch.rand(2, 3, *ref_hw)
+    trace = {}
+    with torch.no_grad():
+        sr = small(lr, ref, trace=trace)
+    assert sr.shape == (2, 3, 4 * lr_hw[0], 4 * lr_hw[1])
+    assert torch.isfinite(sr).all() and sr.min() >= 0 and sr.max() <= 1
+    hc, wc = trace["canvas"]
+    assert hc == max(lr_hw[0], -(-ref_hw[0] // 4), 3) and wc == max(lr_hw[1], -(-ref_hw[1] // 4), 3)
+    assert trace["valid"] == lr_hw
+    # the matched offsets live on the canvas, at every scale
+    assert trace["matching"][4].shape == (2, 18 * small.config.groups, 4 * hc, 4 * wc)
+
+
+def test_the_pool_covers_the_unpadded_region(small, monkeypatch):
+    seen = []
+    original = SelectionBlock.forward
+
+    def spy(self, lr_feat, aligned, valid=None, return_gates=False):
+        seen.append((tuple(lr_feat.shape[2:]), valid))
+        return original(self, lr_feat, aligned, valid, return_gates)
+
+    monkeypatch.setattr(SelectionBlock, "forward", spy)
+    small.eval()
+    with torch.no_grad():
+        small(torch.rand(1, 3, 5, 6), torch.rand(1, 3, 40, 28))
+    assert seen == [((10, 7), (5, 6))] + [((20, 14), (10, 12))] * 2 + [((40, 28), (20, 24))] * 2
+
+
+def test_gradients_reach_every_trainable_parameter():
+    torch.manual_seed(1)
+    model = build_model("rrsr", "small").train()
+    lr, ref, hr = torch.rand(1, 3, 6, 6), torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # at initialisation the zero-initialised offset/mask convolutions block the gradient to the two convolutions
+    # before them (by design: training starts at the matched offsets); after one step it flows everywhere
+    for _ in range(2):
+        opt.zero_grad()
+        (model(lr, ref) - hr).abs().mean().backward()
+        opt.step()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().max() == 0)]
+    assert not missing, f"no gradient reaches {missing}"
+    # nothing frozen changed or got a gradient
+    assert all(p.grad is None for p in model.texture.parameters())
+    # the reference gets gradients through the frozen VGG texture features (the reciprocal pass needs them)
+    ref = ref.clone().requires_grad_()
+    model(lr, ref).mean().backward()
+    assert ref.grad is not None and ref.grad.abs().max() > 0
+
+
+def test_both_deformable_paths_give_the_same_network_output(small):
+    small.eval()
+    lr, ref = torch.rand(1, 3, 9, 7), torch.rand(1, 3, 36, 28)
+    with torch.no_grad(), deform_path("torchvision"):
+        a = small(lr, ref)
+    with torch.no_grad(), deform_path("sampling"):
+        b = small(lr, ref)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_matching_front_end_on_identical_images_gives_zero_flow(small):
+    # the reference is the LR image enlarged exactly as the front end enlarges it: every patch matches itself
+    lr = torch.rand(1, 3, 12, 10)
+    ref = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    out = small.matcher(lr, ref)
+    assert out["index"].shape == (1, 10, 8)
+    assert (out["flow"][:, :10, :8] == 0).float().mean() > 0.95
+    assert out[2].shape == (1, 144, 24, 20)
+
+
+def test_matching_features_are_injectable():
+    calls = []
+
+    class Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(3, 8, 4, stride=4)
+
+        def forward(self, lr_up, ref):
+            calls.append((tuple(lr_up.shape), tuple(ref.shape)))
+            return self.proj(lr_up), self.proj(ref)
+
+    model = build_model("rrsr", "small", matching_features=Features())
+    assert isinstance(model.matcher, MatchingFrontEnd)
+    assert not any(p.requires_grad for p in model.matcher.parameters())
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 6, 5), torch.rand(1, 3, 24, 20))
+    assert calls == [((1, 3, 24, 20), (1, 3, 24, 20))]
+
+
+def test_ablations(small):
+    n_small = count_parameters(small)
+    no_sel = build_model("rrsr", "small_no_selection")
+    assert not any(isinstance(m, SelectionBlock) for m in no_sel.modules())
+    assert sum(isinstance(m, PlainHead) for m in no_sel.modules()) == 5
+    no_cascade = build_model("rrsr", "small_no_cascade")
+    assert [len(no_cascade.x1), len(no_cascade.x2), len(no_cascade.x4)] == [1, 1, 1]
+    single = build_model("rrsr", "small_single_scale")
+    assert sum(isinstance(m, AlignmentUnit) for m in single.modules()) == 1
+    for m in (no_sel, no_cascade, single):
+        assert count_parameters(m) < n_small
+        m.eval()
+        with torch.no_grad():
+            assert m(torch.rand(1, 3, 6, 6), torch.rand(1, 3, 24, 24)).shape == (1, 3, 24, 24)
+
+
+def test_offset_parameters_are_named_by_scale(small):
+    scales = {}
+    for name, p in small.named_parameters():
+        s = offset_scale(name)
+        if s:
+            scales[s] = scales.get(s, 0) + p.numel()
+    assert set(scales) == {"x1", "x2", "x4"}
+    expected = sum(p.numel() for m in small.modules() if isinstance(m, AlignmentUnit)
+                   for sub in (m.offset_conv1, m.offset_conv2, m.offset_mask) for p in sub.parameters())
+    assert sum(scales.values()) == expected
+    assert offset_scale("x2.1.align.weight") is None   # the deformable kernel itself learns at the main rate
+    assert offset_scale("module.x4.0.align.offset_mask.bias") == "x4"
+
+
+def test_configs_and_registry():
+    assert resolve_config("paper") == RRSRConfig()
+    assert resolve_config("paper_no_cascade").stages == (1, 1, 1)
+    assert resolve_config("small", experts=2).experts == 2
+    assert resolve_config({"experts": 3}).experts == 3
+    with pytest.raises(InputError, match="unknown RRSR configuration"):
+        resolve_config("huge")
+    with pytest.raises(InputError, match="unknown RRSR config field"):
+        resolve_config("paper", expert=3)
+    with pytest.raises(InputError, match="groups"):
+        dataclasses.replace(RRSRConfig(), groups=3)
+    with pytest.raises(InputError, match="unknown model"):
+        build_model("no-such-model")
+
+    @register_model("_test_identity_sr")
+    def _build(config, **kw):
+        return nn.Upsample(scale_factor=4)
+
+    assert isinstance(build_model("_test_identity_sr"), nn.Upsample)
+
+
+def test_bad_inputs_raise_input_error(small):
+    with pytest.raises(InputError, match="lr must be"):
+        small(torch.rand(1, 1, 8, 8), torch.rand(1, 3, 32, 32))
+    with pytest.raises(InputError, match="batch"):
+        small(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 32, 32))
+    with pytest.raises(InputError, match="ref must be"):
+        small(torch.rand(1, 3, 8, 8), torch.randint(0, 255, (1, 3, 32, 32)))
