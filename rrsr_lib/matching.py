@@ -89,13 +89,17 @@ def patch_norms(feat: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
     return box.clamp_min(0).sqrt()[:, 0]
 
 
-def _unit_patch_norms(feat: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Patch norms of the per-pixel normalised map, without building it: [B, C, H, W] -> [B, H-k+1, W-k+1].
+def _pixel_norms(feat: torch.Tensor) -> torch.Tensor:
+    """Per-pixel L2 norms clamped at 1e-12 (F.normalize's divisor): [B, C, H, W] -> [B, H, W]."""
+    return torch.linalg.vector_norm(feat, dim=1).clamp_min(1e-12)
 
-    A normalised pixel has squared norm (|x| / max(|x|, 1e-12))^2 (1, or 0 for an all-zero pixel).
+
+def _unit_patch_norms(pix_norm: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Patch norms of the per-pixel normalised map, from its pixel norms: [B, H, W] -> [B, H-k+1, W-k+1].
+
+    A normalised pixel has squared norm 1, or 0 for an all-zero pixel (whose clamped norm is 1e-12).
     """
-    n = torch.linalg.vector_norm(feat, dim=1, keepdim=True)
-    unit_sq = (n / n.clamp_min(1e-12)).pow(2)
+    unit_sq = (pix_norm > 1e-12).to(pix_norm.dtype)[:, None]
     box = F.avg_pool2d(unit_sq, patch_size, stride=1) * (patch_size * patch_size)
     return box.clamp_min(0).sqrt()[:, 0]
 
@@ -167,9 +171,9 @@ class BlockPlan:
 def _block_bytes(bb, rows, bx, bv, bu, k, c, itemsize):
     """Peak bytes of the temporaries of one block of :func:`match_patches` (see its body for the buffers)."""
     slab = (bx + k - 1) * (bv + k - 1) * (bu + k - 1)  # pixel similarities of one input pixel row
-    # contiguous copies of the reference block and of the streamed input rows, raw and normalised
+    # the normalised reference block (and its raw slice while it is made), the normalised input rows
     ref = 2 * c * (bv + k - 1) * (bu + k - 1)
-    inp = 2 * rows * (bx + k - 1) * c
+    inp = rows * (bx + k - 1) * c
     # S (rows slabs) + T ring (rows + k - 1 slabs) + P (rows slabs) + scaled scores (<= rows slabs)
     work = (4 * rows + k - 1) * slab
     # per input position: running maxima over u, then over v (values, int64 indices, masks)
@@ -283,11 +287,11 @@ def _shift_sum(s: torch.Tensor, k: int, by: int, bx: int, bv: int, bu: int) -> t
     return p
 
 
-def _match_block(strip, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_groups=8):
+def _match_block(strip, strip_norm, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_groups=8):
     """Stream all input pixel rows of one (sample, input-column, reference) block; update the running best.
 
     strip: [bb, C, H, X'] raw input features of the column strip (X' = bx + k - 1); each group of rows is
-    copied as [bb, rows*X', C] and normalised per pixel on the fly.
+    divided by its pixel norms ``strip_norm`` [bb, H, X'] on the fly into a [bb, C, rows*X'] buffer.
     rblk: [bb, C, V'*U'] the reference block's pixels, per-pixel normalised (V' = bv + k - 1, U' = bu + k - 1).
     inv_blk: [bb, bv, bu] 1 / (reference patch norm + 1e-5).
     best, best_idx: [bb, h, bx] running maximum and its global index (views, updated in place).
@@ -310,6 +314,11 @@ def _match_block(strip, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_gr
     cap = k - 1 + m * ring_groups
     ring = torch.empty(bb, cap, slab, dtype=strip.dtype, device=strip.device)
     pbuf = torch.empty(bb, m, bx * vu, dtype=strip.dtype, device=strip.device)
+    abuf = torch.empty(bb, c, m * xx, dtype=strip.dtype, device=strip.device)
+    # VGG features rarely have all-zero pixels: then every reference patch norm is the same (3) and the
+    # division by it cannot change the ranking; it is applied to the maxima only (one pass less)
+    flat_inv = inv_blk.flatten()
+    uniform = bool((flat_inv == flat_inv[0]).all())
     start, filled, y_out = 0, 0, 0
     for y0 in range(0, hh, m):
         n = min(m, hh - y0)
@@ -318,9 +327,10 @@ def _match_block(strip, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_gr
             ring[:, 0:filled] = ring[:, start:start + filled].clone()
             start = 0
         # S = X^T R for n input pixel rows against the whole reference block: [bb, n, X'*V'*U']
-        a = F.normalize(strip[:, :, y0:y0 + n].permute(0, 2, 3, 1).reshape(bb, n * xx, c), dim=2)
-        s = torch.bmm(a, rblk).view(bb, n, slab)
-        del a
+        # the input rows, normalised per pixel, as [bb, C, n*X'] (no transposition: the matmul reads it transposed)
+        a = abuf[:, :, :n * xx].view(bb, c, n, xx)
+        torch.div(strip[:, :, y0:y0 + n], strip_norm[:, None, y0:y0 + n], out=a)
+        s = torch.bmm(a.view(bb, c, n * xx).transpose(1, 2), rblk).view(bb, n, slab)
         # T[y', x, v', u] = sum_b S[y', x+b, v', u+b]  (column shifts: flat steps of Dx)
         t_new = ring[:, start + filled:start + filled + n, :lt]
         torch.add(s[:, :, 0:lt], s[:, :, dx:dx + lt], out=t_new)
@@ -337,8 +347,12 @@ def _match_block(strip, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_gr
         for a in range(2, k):
             p += ring[:, start + a:start + a + n_out, a * uu:a * uu + lp]
         # scores of the valid (v < bv, u < bu) entries divided by the reference patch norms
-        q = pbuf[:, :n_out].view(bb, n_out, bx, vv, uu)[..., :bv, :bu] * inv_blk[:, None, None]
-        val, vi, ui = _block_argmax(q)
+        q = pbuf[:, :n_out].view(bb, n_out, bx, vv, uu)[..., :bv, :bu]
+        if uniform:
+            val, vi, ui = _block_argmax(q)
+            val = val * flat_inv[0]
+        else:
+            val, vi, ui = _block_argmax(q * inv_blk[:, None, None])
         gidx = (v0 + vi) * wr + u0 + ui
         cur = best[:, y_out:y_out + n_out]
         cur_idx = best_idx[:, y_out:y_out + n_out]
@@ -381,8 +395,10 @@ def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: 
             plan = plan_blocks(b, c, hh, ww, hrr, wrr, k, memory_budget_mb, x.element_size(), padded_copy=padding == "same")
         # 1 / (patch norm + 1e-5) of the per-pixel normalised maps: the authors normalise each reference
         # patch over its 9C values, and divide the input patch norm out at the end
-        inv_ref = 1.0 / (_unit_patch_norms(r, k) + NORM_EPS)   # [B, hr, wr]
-        in_norm = _unit_patch_norms(x, k)                       # [B, h, w]
+        ref_pix_norm = _pixel_norms(r)                         # [B, Hr, Wr]
+        in_pix_norm = _pixel_norms(x)                           # [B, H, W]
+        inv_ref = 1.0 / (_unit_patch_norms(ref_pix_norm, k) + NORM_EPS)   # [B, hr, wr]
+        in_norm = _unit_patch_norms(in_pix_norm, k)                       # [B, h, w]
         best = torch.full((b, h, w), -math.inf, dtype=r.dtype, device=r.device)
         best_idx = torch.zeros((b, h, w), dtype=torch.long, device=r.device)
         for b0 in range(0, b, plan.bb):
@@ -395,9 +411,10 @@ def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: 
                     for u0 in range(0, wr, plan.bu):
                         u1 = min(wr, u0 + plan.bu)
                         # the reference block, normalised per pixel: [bb, C, V'*U']
-                        rblk = F.normalize(r[b0:b1, :, v0:v1 + k - 1, u0:u1 + k - 1], dim=1).reshape(b1 - b0, c, -1)
-                        _match_block(strip, rblk, inv_ref[b0:b1, v0:v1, u0:u1], best[b0:b1, :, x0:x1],
-                                     best_idx[b0:b1, :, x0:x1], k, plan.rows, v0, u0, wr)
+                        rblk = (r[b0:b1, :, v0:v1 + k - 1, u0:u1 + k - 1]
+                                / ref_pix_norm[b0:b1, None, v0:v1 + k - 1, u0:u1 + k - 1]).reshape(b1 - b0, c, -1)
+                        _match_block(strip, in_pix_norm[b0:b1, :, x0:x1 + k - 1], rblk, inv_ref[b0:b1, v0:v1, u0:u1],
+                                     best[b0:b1, :, x0:x1], best_idx[b0:b1, :, x0:x1], k, plan.rows, v0, u0, wr)
                         del rblk
         score = best / (in_norm + NORM_EPS)
     return best_idx, score
