@@ -57,7 +57,7 @@ from .losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalt
 from .metrics import psnr, ssim
 from .reciprocal import add_warped_reference, reciprocal_passes
 
-__all__ = ["PARAMETERS", "check_params", "load_params", "train", "Trainer", "offset_scale", "main"]
+__all__ = ["PARAMETERS", "check_params", "load_params", "train", "Trainer", "offset_scale", "resolve_path", "main"]
 
 
 def _is_list_of(kind, n=None):
@@ -87,7 +87,8 @@ PARAMETERS: dict[str, tuple[Any, type, Callable[[Any], bool], str, str]] = {
     "warp_max_px": (19.0, float, lambda v: v >= 0, "is >= 0", "largest corner move of Ref_w's homography, px"),
     "dataset": ("embedded", str, lambda v: v in ("embedded", "cufed"), "is 'embedded' or 'cufed'",
                 "training data: the embedded photos or a CUFED folder"),
-    "data_root": ("", str, lambda v: True, "", "CUFED folder with input/ and ref/ (dataset 'cufed')"),
+    "data_root": ("", str, lambda v: True, "", "CUFED folder with input/ and ref/ (dataset 'cufed'; relative: "
+                                               "from the project root)"),
     "embedded_length": (1000, int, lambda v: v >= 1, "is >= 1", "embedded pairs per epoch"),
     "embedded_levels": ([1, 2, 3, 4, 5], list, lambda v: _is_list_of(int)(v) and v and set(v) <= {1, 2, 3, 4, 5},
                         "is a non-empty list of levels 1-5", "similarity levels of the embedded pairs"),
@@ -129,7 +130,8 @@ PARAMETERS: dict[str, tuple[Any, type, Callable[[Any], bool], str, str]] = {
     "amp": (True, bool, lambda v: True, "", "mixed precision on CUDA (ignored elsewhere)"),
     "checkpoint_every": (5000, int, lambda v: v >= 0, "is >= 0", "write a checkpoint every N iterations"),
     "log_every": (100, int, lambda v: v >= 1, "is >= 1", "write mean losses every N iterations"),
-    "output_dir": ("runs/train", str, lambda v: bool(v), "is a non-empty path", "folder for logs and checkpoints"),
+    "output_dir": ("runs/train", str, lambda v: bool(v), "is a non-empty path",
+                   "folder for logs and checkpoints (relative: from the project root)"),
     "resume": (True, bool, lambda v: True, "", "continue from output_dir/checkpoint.pt when it exists"),
     "progress": (True, bool, lambda v: True, "", "show a tqdm progress bar"),
 }
@@ -277,13 +279,23 @@ class _TrainSamples(Dataset):
         return sample
 
 
+def resolve_path(path: str) -> Path:
+    """A path parameter as a Path: absolute paths as given, relative ones from the project root (the folder
+    that holds rrsr_lib/), so that a parameter file means the same from the notebooks' folder and from the
+    command line."""
+    from .figures import project_root
+
+    q = Path(path).expanduser()
+    return q if q.is_absolute() else project_root() / q
+
+
 def _training_set(p: dict) -> Dataset:
     from . import data
 
     if p["dataset"] == "embedded":
         return data.EmbeddedTrainPairs(patch_size=p["hr_patch"], levels=tuple(p["embedded_levels"]),
                                        length=p["embedded_length"], seed=p["seed"], augment=p["augment"])
-    return data.CUFEDTrain(p["data_root"], ref_size=p["ref_size"], augment=p["augment"], seed=p["seed"])
+    return data.CUFEDTrain(resolve_path(p["data_root"]), ref_size=p["ref_size"], augment=p["augment"], seed=p["seed"])
 
 
 def _validation_set(p: dict) -> Dataset | None:
@@ -293,7 +305,7 @@ def _validation_set(p: dict) -> Dataset | None:
         return None
     if p["val_dataset"] == "embedded":
         return data.EmbeddedTestPairs()
-    return data.CUFED5(p["val_root"], mode="level", level=1)
+    return data.CUFED5(resolve_path(p["val_root"]), mode="level", level=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,7 +629,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    out = Path(p["output_dir"])
+    out = resolve_path(p["output_dir"])
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(p["seed"])
@@ -630,6 +642,9 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
     if p["resume"] and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         _check_resume(state["params"], p, ckpt)
+        if state["data_order"]["world"] != world:
+            raise InputError(f"{ckpt} was written by {state['data_order']['world']} process(es), this run has {world}: "
+                             "the data order depends on it; resume with the same number of processes")
         trainer.load_state_dict(state["trainer"])
         acc, acc_n = dict(state["log_accumulator"]), int(state["log_count"])
         if rank == 0:

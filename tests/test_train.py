@@ -1,5 +1,6 @@
 """Tests of rrsr_lib.train: parameter checks, a short run, exact resume, reciprocal and GAN steps."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,93 @@ def test_offset_parameters_get_the_authors_per_scale_learning_rates(tmp_path):
     trainer.optimizer.step()
     trainer.scheduler.step()  # one milestone passed: every group x0.1
     assert groups["offset_x1"]["lr"] == pytest.approx(1e-7) and groups["main"]["lr"] == pytest.approx(1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parameter files
+# ---------------------------------------------------------------------------------------------------------
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"
+RRSR_MD = Path(__file__).resolve().parent.parent.parent / "shared" / "paper" / "RRSR.md"
+
+# (parameter, value in paper_rec.yaml, the sentence of RRSR.md it comes from)
+RRSR_REC = [
+    ("model", "rrsr", "RRSR"),
+    ("model_config", "paper", "Restoration network, 64 channels"),
+    ("reciprocal", True, "Loss = L1(SR, HR) + 0.6 * L1(Ref_w_hat, Ref_w)"),
+    ("reciprocal_weight", 0.6, "Loss = L1(SR, HR) + 0.6 * L1(Ref_w_hat, Ref_w)"),
+    ("pixel_weight", 1.0, '"-rec" (PSNR-oriented): L1 x1 + reciprocal 0.6.'),
+    ("warp_min_px", 5.0, "each corner moved 5-19 px with random sign"),
+    ("warp_max_px", 19.0, "each corner moved 5-19 px with random sign"),
+    ("dataset", "cufed", "CUFED training set (11,871 input/ref pairs of 160x160"),
+    ("hr_patch", 160, "HR patch 160"),
+    ("lr_patch", 40, "LR patch 40"),
+    ("ref_size", 160, "Ref resized to 160x160"),
+    ("augment", True, "joint flips and transpose"),
+    ("batch_size", 9, "batch 9"),
+    ("lr", 1e-4, "Adam(0.9, 0.999) lr 1e-4"),
+    ("betas", [0.9, 0.999], "Adam(0.9, 0.999) lr 1e-4"),
+    ("iterations", 255000, "255k iterations"),
+    ("lr_milestones", [72545, 211040], "lr x0.1 at 72,545 and 211,040"),
+    ("lr_gamma", 0.1, "lr x0.1 at 72,545 and 211,040"),
+    ("offset_lr_x1", 1e-6, "Offset learning rates: 1e-6 at x1, 1e-5 at x2, 1e-4 at x4"),
+    ("offset_lr_x2", 1e-5, "Offset learning rates: 1e-6 at x1, 1e-5 at x2, 1e-4 at x4"),
+    ("offset_lr_x4", 1e-4, "Offset learning rates: 1e-6 at x1, 1e-5 at x2, 1e-4 at x4"),
+    ("seed", 10, "seed 10"),
+    ("val_dataset", "cufed5", "validation on CUFED5 every 5k"),
+    ("val_every", 5000, "validation on CUFED5 every 5k"),
+    ("gan", False, '"-rec" (PSNR-oriented): L1 x1 + reciprocal 0.6.'),
+]
+# the GAN variant adds these (paper_gan.yaml)
+RRSR_GAN = [
+    ("gan", True, "GAN variant: 10k iterations of the pixel losses first"),
+    ("pixel_warmup", 10000, "GAN variant: 10k iterations of the pixel losses first"),
+    ("perceptual_weight", 1e-4, "perceptual (VGG19 relu5_1, Frobenius-norm, x1e-4)"),
+    ("gan_weight", 1e-6, "WGAN-GP (generator x1e-6, gradient penalty 10)"),
+    ("gp_weight", 10.0, "WGAN-GP (generator x1e-6, gradient penalty 10)"),
+    ("d_channels", 32, "Discriminator: 32 base channels, BN, LeakyReLU(0.2), lr 1e-4"),
+    ("d_lr", 1e-4, "Discriminator: 32 base channels, BN, LeakyReLU(0.2), lr 1e-4"),
+    ("reciprocal_weight", 0.6, "+ WGAN-GP (generator x1e-6, gradient penalty 10) + reciprocal 0.6"),
+]
+
+
+def _yaml(name):
+    import yaml
+
+    return yaml.safe_load((PARAMS_DIR / name).read_text())
+
+
+@pytest.mark.parametrize("name, facts", [("paper_rec.yaml", RRSR_REC), ("paper_gan.yaml", RRSR_GAN)])
+def test_paper_parameter_files_match_rrsr_md_value_by_value(name, facts):
+    values = _yaml(name)
+    load_params(PARAMS_DIR / name)  # valid as a whole
+    for key, expected, _ in facts:
+        assert values[key] == expected, f"{name}: {key} = {values[key]!r}, RRSR.md says {expected!r}"
+    if RRSR_MD.exists():  # the quoted sentences are really in RRSR.md (whitespace-insensitive)
+        text = " ".join(RRSR_MD.read_text().split())
+        for key, _, quote in facts:
+            assert " ".join(quote.split()) in text, f"{key}: {quote!r} not found in RRSR.md"
+    # the GAN file differs from the -rec file only in the GAN switch and the output folder
+    if name == "paper_gan.yaml":
+        rec = _yaml("paper_rec.yaml")
+        assert {k for k in rec if rec[k] != values[k]} == {"gan", "output_dir"}
+
+
+def test_every_model_has_a_reciprocal_on_off_pair_of_paper_files():
+    rec = _yaml("paper_rec.yaml")
+    for model in ("rrsr", "sisr", "c2", "ttsr"):
+        pair = ["paper_rec.yaml", "paper_plain.yaml"] if model == "rrsr" else [f"paper_{model}_rec.yaml",
+                                                                               f"paper_{model}_plain.yaml"]
+        for f, on in zip(pair, (True, False)):
+            values = load_params(PARAMS_DIR / f)
+            assert values["model"] == model and values["reciprocal"] is on
+            changed = {k for k in rec if rec[k] != values[k]}
+            assert changed <= {"model", "reciprocal", "output_dir"}, (f, changed)
+
+
+def test_all_parameter_files_are_valid_and_complete():
+    files = sorted(PARAMS_DIR.glob("*.yaml"))
+    assert {"cpu_demo.yaml", "paper_rec.yaml", "paper_gan.yaml"} <= {f.name for f in files}
+    for f in files:
+        if f.name.startswith(("paper_", "cpu_demo")):
+            assert set(_yaml(f.name)) == set(PARAMETERS), f.name  # every value written out
+            load_params(f)
