@@ -77,6 +77,8 @@ class RRSRConfig:
     ref_scales: tuple[int, ...] = (1, 2, 4)  # scales that use the reference; (1,): ablation "single-scale alignment"
     deform_path: str = "auto"               # "auto", "torchvision" or "sampling" (rrsr_lib.alignment)
     vgg_weights: str = "auto"               # rrsr_lib.vgg.load_vgg's choice of pretrained weights
+    matching: str = "auto"                  # matching features: "contrastive" (the shipped trunks of rrsr_lib.contrastive),
+                                            # "vgg" (ImageNet VGG stand-in) or "auto" (contrastive if shipped, else vgg, announced)
     patch_size: int = 3                     # matching patch size
 
     def __post_init__(self):
@@ -84,6 +86,8 @@ class RRSRConfig:
             raise InputError(f"stages must be three counts >= 1 (x1, x2, x4), got {self.stages}")
         if not set(self.ref_scales) <= set(SCALES) or not self.ref_scales:
             raise InputError(f"ref_scales must be a non-empty subset of {SCALES}, got {self.ref_scales}")
+        if self.matching not in ("auto", "contrastive", "vgg"):
+            raise InputError(f"matching must be 'auto', 'contrastive' or 'vgg', got {self.matching!r}")
         if self.deform_path not in DEFORM_PATHS:
             raise InputError(f"deform_path must be one of {DEFORM_PATHS}, got {self.deform_path!r}")
         if any(c % self.groups for _, c in TEXTURE.values()):
@@ -227,6 +231,26 @@ class MatchingFrontEnd(nn.Module):
         return out
 
 
+def _default_matching_features(kind: str, texture: VGGFeatures) -> nn.Module:
+    """The matching features for ``RRSRConfig.matching``: the shipped contrastive student trunks
+    (rrsr_lib.contrastive.load_contrastive), or the ImageNet VGG stand-in; "auto" tries the first and
+    says so in one printed line when it falls back."""
+    why = None
+    if kind in ("auto", "contrastive"):
+        try:
+            from .contrastive import load_contrastive
+            return load_contrastive("student")
+        except (ImportError, InputError) as exc:
+            if kind == "contrastive":
+                raise InputError(f"matching='contrastive' needs the shipped contrastive trunks: {exc}") from None
+            why = str(exc).split(";")[0]
+    note = VGGMatchingFeatures.description + (f" (contrastive trunks unavailable: {why})" if why else "")
+    if note not in _announced:   # one line per process, never silent
+        _announced.add(note)
+        print(f"rrsr_lib.models: matching features = {note}")
+    return VGGMatchingFeatures(texture)
+
+
 # ----------------------------------------------------------------------------------------------
 # the network
 # ----------------------------------------------------------------------------------------------
@@ -255,11 +279,7 @@ class RRSR(nn.Module):
         self.texture = texture if texture is not None else VGGFeatures(("relu1_1", "relu2_1", "relu3_1"), weights=cfg.vgg_weights)
         self.texture.requires_grad_(False)
         if matching_features is None:
-            matching_features = VGGMatchingFeatures(self.texture)
-            if VGGMatchingFeatures.description not in _announced:   # one line per process, never silent
-                _announced.add(VGGMatchingFeatures.description)
-                print(f"rrsr_lib.models: matching features = {VGGMatchingFeatures.description}; "
-                      "pass matching_features= to use trained contrastive trunks")
+            matching_features = _default_matching_features(cfg.matching, self.texture)
         self.matcher = MatchingFrontEnd(matching_features, cfg.groups, cfg.patch_size)
         self.content = ContentExtractor(c, cfg.content_blocks)
         blocks = {1: cfg.x1_blocks, 2: cfg.stage_blocks, 4: cfg.stage_blocks}

@@ -136,11 +136,13 @@ def test_both_deformable_paths_give_the_same_network_output(small):
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
-def test_matching_front_end_on_identical_images_gives_zero_flow(small):
-    # the reference is the LR image enlarged exactly as the front end enlarges it: every patch matches itself
+def test_matching_front_end_on_identical_images_gives_zero_flow():
+    # the reference is the LR image enlarged exactly as the front end enlarges it: with one feature trunk for
+    # both images (the VGG stand-in), every patch matches itself
+    model = build_model("rrsr", "small", matching="vgg")
     lr = torch.rand(1, 3, 12, 10)
     ref = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-    out = small.matcher(lr, ref)
+    out = model.matcher(lr, ref)
     assert out["index"].shape == (1, 10, 8)
     assert (out["flow"][:, :10, :8] == 0).float().mean() > 0.95
     assert out[2].shape == (1, 144, 24, 20)
@@ -208,6 +210,8 @@ def test_configs_and_registry():
         resolve_config("paper", expert=3)
     with pytest.raises(InputError, match="groups"):
         dataclasses.replace(RRSRConfig(), groups=3)
+    with pytest.raises(InputError, match="matching"):
+        resolve_config("small", matching="sift")
     with pytest.raises(InputError, match="unknown model"):
         build_model("no-such-model")
 
