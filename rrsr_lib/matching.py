@@ -15,14 +15,15 @@ Three implementations of the same definition live here:
 
       <P_in(y, x), P_ref(v, u)> = sum_{a, b in 0..2} S[(y+a, x+b), (v+a, u+b)],  S = X^T R,
 
-  so the pixel similarity matrix S is computed by one matrix multiplication (9x fewer
-  multiplications than the patch matrix) and summed along the 3x3 diagonal shifts. The work is
-  blocked over samples, input rows and reference rows (and columns, for very wide images) so that
-  the extra memory stays under ``memory_budget_mb`` whatever the image size.
+  so the pixel similarities S are computed by matrix multiplication (9x fewer multiplications
+  than the patch matrix) and summed along the 3x3 diagonal shifts. S is never held whole: the
+  reference is cut into blocks of rows (and columns, for very wide images), the input's pixel rows
+  are streamed through each block a few at a time, and a running maximum is kept, so that the
+  extra memory stays under ``memory_budget_mb`` whatever the image size.
 * :func:`match_coarse_to_fine` is MASA-SR's approximation for very large references: the centre
-  patch of each input block is matched against a subsampled reference patch grid, then all patches
-  of the block search densely inside a window around that match. Not exact; its agreement with
-  exact matching is measured in benchmarks/matching.py and notebook 02.
+  patch of each input block takes its match from an exact matching of the pooled (coarser) maps,
+  then all patches of the block search densely inside a window around that match. Not exact; its
+  agreement with exact matching is measured in benchmarks/matching.py and notebook 02.
 
 Score convention (the authors' code): reference patches are divided by (their 9C norm + 1e-5),
 the input patch norm (+ 1e-5) is divided out at the end, so the score is a cosine in [-1, 1]. The

@@ -195,3 +195,24 @@ def test_cuda_equals_cpu():
     base = torch.cuda.memory_allocated()
     match_patches(x.cuda(), r.cuda(), memory_budget_mb=16)
     assert torch.cuda.max_memory_allocated() - base <= 16 * 2 ** 20
+
+
+def test_explorer_view_agrees_with_the_matcher(real_features):
+    import matplotlib.pyplot as plt
+    from rrsr_lib.explorers.matching import draw_default_view, match_view, matching_explorer
+    fi, fr = real_features
+    idx, score = match_patches(fi, fr)
+    for y, x in [(0, 0), (13, 17), (27, 37)]:
+        view = match_view(fi, fr, y, x, top_k=4)
+        assert view["index"] == idx[0, y, x].item()
+        assert abs(view["best_score"] - score[0, y, x].item()) < 1e-5
+        assert [t[2] for t in view["top"]] == sorted((t[2] for t in view["top"]), reverse=True)
+    img_in = (torch.rand(120, 160, 3) * 255).byte().numpy()
+    fig, view = draw_default_view(fi, fr, img_in, img_in)
+    assert (view["y"], view["x"]) == (14, 19) and len(fig.axes) >= 5
+    plt.close(fig)
+    box = matching_explorer({"vgg": (fi, fr)}, img_in, img_in)
+    assert len(box.children) == 2
+    plt.close("all")
+    with pytest.raises(InputError):
+        match_view(fi, fr, 28, 0)
