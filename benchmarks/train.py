@@ -1,0 +1,114 @@
+"""Seconds per training step with and without reciprocal learning, measured in the same run.
+
+A reciprocal step runs the network twice (pass 1 on (LR, Ref), pass 2 on (LR(Ref_w), SR)) and back-propagates
+through both, including through the frozen VGG texture features of SR, so it should cost about twice a
+plain step. Target (issue 5): at most 2.1x. Plain and reciprocal steps are interleaved (A B A B ...) on
+the same fixed batches so that the machine's noise hits both alike; the median of each is reported.
+Making Ref_w and LR(Ref_w) happens in the data pipeline (workers), not in the step; its cost per sample is
+measured and reported separately.
+
+    .venv/bin/python benchmarks/train.py [--model rrsr] [--config small] [--batch 9] [--hr 160] [--repeats 3]
+
+Writes results/train_benchmark.json and prints the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rrsr_lib.data import EmbeddedTrainPairs  # noqa: E402
+from rrsr_lib.device import pick_device, seed_everything  # noqa: E402
+from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
+from rrsr_lib.train import Trainer, check_params  # noqa: E402
+
+
+def _batch(samples: list[dict]) -> dict:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="rrsr", choices=["rrsr", "sisr", "c2", "ttsr"])
+    ap.add_argument("--config", default="small", choices=["small", "paper"])
+    ap.add_argument("--batch", type=int, default=9, help="samples per step (authors: 9)")
+    ap.add_argument("--hr", type=int, default=160, help="HR patch size (authors: 160; LR = HR/4)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps of each kind")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=str(ROOT / "results" / "train_benchmark.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seed_everything(0)
+    device = pick_device(args.device)
+    p = check_params(model=args.model, model_config=args.config, batch_size=args.batch, hr_patch=args.hr,
+                     lr_patch=args.hr // 4, ref_size=args.hr, device=args.device, output_dir="/tmp/unused")
+    trainer = Trainer(p, device=device)
+    data = EmbeddedTrainPairs(patch_size=args.hr, length=args.batch, seed=0)
+    rng = np.random.default_rng(0)
+    items = [{k: data[i][k] for k in ("lr", "hr", "ref")} for i in range(args.batch)]
+    t = time.perf_counter()
+    items = [add_warped_reference(s, rng) for s in items]
+    warp_seconds = (time.perf_counter() - t) / args.batch
+    batch = _batch(items)
+
+    def timed(reciprocal: bool) -> tuple[float, float]:
+        trainer.p = dict(p, reciprocal=reciprocal)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        trainer.step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    timed(False), timed(True)  # warm-up (first calls allocate and pick kernels)
+    runs = {False: [], True: []}
+    for _ in range(args.repeats):
+        for kind in (False, True):
+            runs[kind].append(timed(kind))
+    # On a CPU the machine is shared with other work: the CPU time of this process (all its threads) is
+    # far less disturbed by other processes than the wall time, so the CPU ratio is the measure there; on
+    # CUDA the wall time (after synchronising) is.
+    col = 0 if device.type == "cuda" else 1
+    plain = [r[col] for r in runs[False]]
+    recip = [r[col] for r in runs[True]]
+    result = {
+        "what": "seconds per training step (forward + backward + Adam), same batches, interleaved, median; "
+                + ("wall time" if col == 0 else "CPU time of this process (wall times listed too)"),
+        "plain_wall_seconds": [r[0] for r in runs[False]], "reciprocal_wall_seconds": [r[0] for r in runs[True]],
+        "model": args.model, "config": args.config, "batch": args.batch, "hr_patch": args.hr, "lr_patch": args.hr // 4,
+        "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "repeats": args.repeats,
+        "plain_seconds": plain, "reciprocal_seconds": recip,
+        "plain_median_s": statistics.median(plain), "reciprocal_median_s": statistics.median(recip),
+        "ratio": statistics.median(recip) / statistics.median(plain),
+        "target_ratio": 2.1,
+        "warp_seconds_per_sample_in_data_pipeline": warp_seconds,
+    }
+    result["meets_target"] = result["ratio"] <= 2.1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(f"{args.model} ({args.config}), batch {args.batch}, LR {args.hr // 4}x{args.hr // 4}, {device}: "
+          f"plain {result['plain_median_s']:.2f} s/step, reciprocal {result['reciprocal_median_s']:.2f} s/step, "
+          f"ratio {result['ratio']:.2f} (target <= 2.1); Ref_w + LR(Ref_w) in the data pipeline: "
+          f"{1000 * warp_seconds:.0f} ms/sample")
+    return result
+
+
+if __name__ == "__main__":
+    main()
