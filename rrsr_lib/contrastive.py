@@ -487,8 +487,10 @@ def _feature_centres(h: int, w: int, scale: int) -> tuple[np.ndarray, np.ndarray
     return xs * scale + (scale - 1) / 2, ys * scale + (scale - 1) / 2
 
 
-def warped_eval_pairs(max_shift_px: float = 10.0, seed: int = 0, scale: int = 4) -> list[dict]:
+def warped_eval_pairs(max_shift_px: float = 10.0, seed: int = 0, scale: int = 4, names=None) -> list[dict]:
     """Held-out warped pairs: the embedded test-pair inputs (never trained on), each warped by a fixed homography.
+
+    names: only these test pairs (default: all); each pair's homography is the same whichever are chosen.
 
     Each dict: "name", "hr" uint8 (H, W, 3), "up" (its LR-upsampled version), "ref" (hr warped, uint8),
     "true_xy" float32 [H/s, W/s, 2] position of each input feature pixel centre in the reference's
@@ -500,9 +502,13 @@ def warped_eval_pairs(max_shift_px: float = 10.0, seed: int = 0, scale: int = 4)
     out = []
     pairs = EmbeddedTestPairs()
     for i in range(len(pairs)):
+        # one homography per pair in a fixed order, drawn even for pairs that are skipped
+        shifts_rng = np.random.default_rng(rng.integers(2 ** 63))
+        if names is not None and pairs.pair_names[i] not in names:
+            continue
         item = pairs[i]
         hr = (item["hr"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        ref, h_ref_to_hr = random_homography_warp(hr, max_shift_px, rng, mode="bicubic")
+        ref, h_ref_to_hr = random_homography_warp(hr, max_shift_px, shifts_rng, mode="bicubic")
         h, w = hr.shape[0] // scale, hr.shape[1] // scale
         cx, cy = _feature_centres(h, w, scale)
         q = apply_homography(np.linalg.inv(h_ref_to_hr), np.stack([cx.ravel(), cy.ravel()], 1)).reshape(h, w, 2)
