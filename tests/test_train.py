@@ -246,3 +246,16 @@ def test_all_parameter_files_are_valid_and_complete():
         if f.name.startswith(("paper_", "cpu_demo")):
             assert set(_yaml(f.name)) == set(PARAMETERS), f.name  # every value written out
             load_params(f)
+
+
+def test_notebook_07_declares_exactly_the_training_parameters():
+    # papermill -f notebooks/params/*.yaml injects every training parameter: the notebook must declare them all
+    import ast
+    import json
+
+    nb = json.loads((PARAMS_DIR.parent / "07_reciprocal_training.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    declared = {node.target.id: ast.literal_eval(node.value) for node in tree.body}
+    assert set(declared) == set(PARAMETERS)
+    check_params(declared)  # the notebook's CPU defaults are valid training parameters
