@@ -3,7 +3,8 @@
 RefSR papers disagree on how they measure (RRSR.md, "Evaluation protocols"), so every row this module
 writes names its protocol completely:
 
-* ``reference``: which reference the model saw - "pair" (the embedded real pairs), "level-1" ... "level-5"
+* ``reference``: which reference the model saw - "pair" (the embedded real pairs), "pair-window" (the same
+  pairs cut to a window, :class:`PairWindows`), "level-1" ... "level-5"
   (one CUFED5 level), "stitched" (the five CUFED5 references side by side, TTSR/MASA papers), "chosen"
   (Sun80's documented choice), "self-lr" (Urban100/Manga109: the LR image itself);
 * ``metric``: "y_crop4" (C2-Matching/RRSR: Y channel, 4-pixel border removed) or "y_crop0" (TTSR/MASA:
@@ -125,8 +126,63 @@ class LevelPairs(Dataset):
                 "name": f"{self.names[i]}#L{level}", "level": level}
 
 
+class PairWindows(Dataset):
+    """The same test pairs, each cut to one window: a cheaper evaluation protocol, named in every row.
+
+    Whole embedded test pairs (about 320x240) cost RRSR-type networks seconds per image on a CPU, because
+    input and reference are padded to a common canvas. This wraps a dataset of pairs (items "hr", "ref",
+    "name"; e.g. :class:`rrsr_lib.data.EmbeddedTestPairs`) and keeps, of every pair,
+
+    * the ``window`` x ``window`` HR square at the centre of the input (top-left corner rounded down to a
+      multiple of ``scale``), and its LR made from it (PIL bicubic /``scale``, as every LR image here);
+    * the reference cut to the same square grown by ``margin`` pixels on each side (the other view of a
+      stereo or multi-view pair shows the content displaced), shifted inside the reference where it
+      would stick out, and clipped to the reference's size (multiples of ``scale``).
+
+    window=0 keeps the whole pair (the items of ``base`` unchanged). Items as ``base``'s, plus "window"
+    (y, x, size) and "ref_window" (y, x, h, w) in pixels. Reference kind in rows: "pair-window".
+    """
+
+    def __init__(self, base, window: int = 128, margin: int = 32, scale: int = 4):
+        if window < 0 or window % scale or (0 < window < 3 * scale):
+            raise InputError(f"window must be 0 (whole images) or a multiple of {scale} of at least {3 * scale}, got {window}")
+        if margin < 0 or margin % scale:
+            raise InputError(f"margin must be a non-negative multiple of {scale}, got {margin}")
+        self.base, self.window, self.margin, self.scale = base, window, margin, scale
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.base[index])
+        if self.window == 0:
+            return item
+        s, size = self.scale, self.window
+        _, h, w = item["hr"].shape
+        if h < size or w < size:
+            raise InputError(f"test pair {item['name']} is {w}x{h}, smaller than the window {size}; use a smaller window")
+        y0, x0 = (h - size) // 2 // s * s, (w - size) // 2 // s * s
+        hr = to_uint8(item["hr"][:, y0:y0 + size, x0:x0 + size])
+        _, rh, rw = item["ref"].shape
+        # reference: the same window grown by the margin, kept inside the reference, multiples of the scale
+        rsize_h, rsize_w = min(size + 2 * self.margin, rh // s * s), min(size + 2 * self.margin, rw // s * s)
+        ry = min(max(0, y0 - self.margin), rh - rsize_h) // s * s
+        rx = min(max(0, x0 - self.margin), rw - rsize_w) // s * s
+
+        def t(a):
+            return torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255
+        item.update(hr=t(hr), lr=t(bicubic_downsample(hr, s)), ref=item["ref"][:, ry:ry + rsize_h, rx:rx + rsize_w].clone(),
+                    window=(y0, x0, size), ref_window=(ry, rx, rsize_h, rsize_w))
+        return item
+
+
 def _reference_kind(item: dict, dataset) -> str:
     name = type(dataset).__name__
+    if name == "PairWindows" and dataset.window:
+        return "pair-window"
+    if name == "PairWindows":
+        dataset = dataset.base
+        name = type(dataset).__name__
     if name == "LevelPairs":
         return f"level-{item['level']}"
     if name == "CUFED5":

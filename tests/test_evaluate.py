@@ -8,7 +8,7 @@ from torch import nn
 from rrsr_lib.data import EmbeddedTestPairs
 from rrsr_lib.degradation import bicubic_downsample, to_uint8, upsample_lr
 from rrsr_lib.errors import InputError
-from rrsr_lib.evaluate import Bicubic, LevelPairs, evaluate, summarize, tiled_forward, write_json
+from rrsr_lib.evaluate import Bicubic, LevelPairs, PairWindows, evaluate, summarize, tiled_forward, write_json
 from rrsr_lib.metrics import psnr
 
 
@@ -82,3 +82,30 @@ def test_level_pairs_are_graded_and_deterministic():
     torch.testing.assert_close(data[2]["ref"], LevelPairs(patch=96, seed=3, pairs=["aloe", "books", "graf"])[2]["ref"])
     rows = evaluate(Bicubic(), data, "bicubic", "embedded-levels", metrics=("y_crop4",), progress=False)
     assert [r["reference"] for r in rows[:5]] == [f"level-{k}" for k in range(1, 6)]
+
+
+def test_pair_windows_cut_the_centre_and_a_larger_reference_window():
+    base = EmbeddedTestPairs(pairs=["aloe", "rubberwhale"])
+    data = PairWindows(base, window=96, margin=32)
+    for i in range(2):
+        full, item = base[i], data[i]
+        _, h, w = full["hr"].shape
+        y0, x0, size = item["window"]
+        assert size == 96 and y0 % 4 == 0 and x0 % 4 == 0 and abs(y0 - (h - 96) / 2) < 4 and abs(x0 - (w - 96) / 2) < 4
+        torch.testing.assert_close(item["hr"], full["hr"][:, y0:y0 + 96, x0:x0 + 96], rtol=0, atol=1 / 255 / 2)
+        # the LR is made from the window, not cut from the whole image's LR
+        np.testing.assert_array_equal(to_uint8(item["lr"]), bicubic_downsample(to_uint8(item["hr"])))
+        ry, rx, rh, rw = item["ref_window"]
+        assert (rh, rw) == (160, 160) and ry <= y0 and rx <= x0 and ry + rh >= y0 + 96 and rx + rw >= x0 + 96
+        torch.testing.assert_close(item["ref"], full["ref"][:, ry:ry + rh, rx:rx + rw], rtol=0, atol=0)
+    rows = evaluate(Bicubic(), data, "bicubic", "embedded", metrics=("y_crop4",), progress=False)
+    assert {r["reference"] for r in rows} == {"pair-window"}
+    assert evaluate(Bicubic(), PairWindows(base, 0), "b", "e", metrics=("y_crop4",), progress=False)[0]["reference"] == "pair"
+
+
+def test_pair_windows_refuse_bad_sizes():
+    base = EmbeddedTestPairs(pairs=["aloe"])
+    with pytest.raises(InputError, match="multiple of 4"):
+        PairWindows(base, window=30)
+    with pytest.raises(InputError, match="smaller than the window"):
+        PairWindows(base, window=400)[0]
