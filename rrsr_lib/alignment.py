@@ -137,13 +137,8 @@ def _exact_size(n: int) -> int:
     return 2 ** max(0, (n - 2).bit_length()) + 1 if n >= 2 else 2
 
 
-def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of the input at the 9 deformed tap positions of every output pixel.
-
-    x: [B, C, H, W] float; offset: [B, 2*9*G, H, W] (torchvision layout, G groups dividing C).
-    Returns [B, G, C/G, 9, H*W]: entry (b, g, c, k, p) = x[b, g*C/G + c] read at tap k's position for
-    output p, bilinear, with zeros outside the map (torchvision's rule: a corner outside contributes 0).
-    """
+def _sampling_grid(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zero-padded input [B, G, C/G, Hp, Wp] and grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps."""
     b, c, h, w = x.shape
     g = offset.shape[1] // (2 * TAPS)
     py, px = tap_positions(offset, h, w)
@@ -153,34 +148,96 @@ def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     # grid_sample's align_corners=True coordinates: -1 is pixel 0, +1 is pixel size-1;
     # g = p * 2 / (size - 1) - 1 is exact for integer p because size - 1 is a power of two
     grid = torch.stack((px * (2.0 / (wp - 1)) - 1.0, py * (2.0 / (hp - 1)) - 1.0), dim=-1)
-    samples = F.grid_sample(xp.view(b * g, c // g, hp, wp), grid.view(b * g, TAPS * h, w, 2), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
+    return xp.view(b, g, c // g, hp, wp), grid.view(b, g, TAPS * h, w, 2)
+
+
+def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of the input at the 9 deformed tap positions of every output pixel.
+
+    x: [B, C, H, W] float; offset: [B, 2*9*G, H, W] (torchvision layout, G groups dividing C).
+    Returns [B, G, C/G, 9, H*W]: entry (b, g, c, k, p) = x[b, g*C/G + c] read at tap k's position for
+    output p, bilinear, with zeros outside the map (torchvision's rule: a corner outside contributes 0).
+    """
+    b, c, h, w = x.shape
+    xp, grid = _sampling_grid(x, offset)
+    g = xp.shape[1]
+    samples = F.grid_sample(xp.reshape(b * g, c // g, *xp.shape[3:]), grid.reshape(b * g, TAPS * h, w, 2),
+                            mode="bilinear", padding_mode="zeros", align_corners=True)
     return samples.view(b, g, c // g, TAPS, h * w)
 
 
-class _Modulate(torch.autograd.Function):
-    """cols = samples * mask, broadcast over the channels of a group, with a backward that sums the mask
-    gradient channel by channel (addcmul_, several times faster on the CPU than ``(g * s).sum(2)``)."""
+class _SampleModulateMultiply(torch.autograd.Function):
+    """The sampling path for a batch, one sample at a time: taps (grid_sample), times masks, one matmul.
+
+    forward(xp [B, G, Cg, Hp, Wp], grid [B, G, 9H, W, 2], mask [B, G, 1, 9, HW], w2 [Cout, G*Cg*9], bias)
+    -> [B, Cout, HW]. Working on one sample at a time keeps every temporary small (on the CPU that is
+    faster than whole-batch tensors, and inference never holds the column tensor of the whole batch,
+    9x the size of the input). For the backward pass only the unmodulated samples are kept (grid_sample
+    is the most expensive step; sampling again would cost more time than the memory is worth), not the
+    modulated columns, which the backward recomputes sample by sample.
+    """
 
     @staticmethod
-    def forward(ctx, samples, mask):
-        # samples [B, G, Cg, 9, HW], mask [B, G, 1, 9, HW]
-        ctx.save_for_backward(samples, mask)
-        return samples * mask
+    def forward(ctx, xp, grid, mask, w2, bias):
+        b, g, cg = xp.shape[:3]
+        n = mask.shape[-1]
+        keep = any(ctx.needs_input_grad[1:4])   # offsets, masks or kernel need gradients
+        out = xp.new_empty(b, w2.shape[0], n)
+        samples = xp.new_empty(b, g, cg, TAPS, n) if keep else None
+        for i in range(b):
+            s = F.grid_sample(xp[i], grid[i], mode="bilinear", padding_mode="zeros", align_corners=True)
+            s = s.view(g, cg, TAPS, n)
+            if keep:
+                samples[i] = s
+            # columns: m_k(p) * x(p + k + offset_k(p)), row index (g, c, k) = c*9 + k as in weight.view(Cout, C*9)
+            cols = s.mul_(mask[i]).view(g * cg * TAPS, n)
+            # out[o, p] = sum_{c,k} W[o, c, k] * cols[c*9 + k, p] + bias[o]
+            if bias is None:
+                torch.mm(w2, cols, out=out[i])
+            else:
+                torch.addmm(bias.unsqueeze(1), w2, cols, out=out[i])
+        ctx.save_for_backward(xp, grid, mask, w2, samples)
+        ctx.has_bias = bias is not None
+        return out
 
     @staticmethod
-    def backward(ctx, grad):
-        samples, mask = ctx.saved_tensors
-        grad_samples = grad_mask = None
-        if ctx.needs_input_grad[1]:
-            # d cols / d m = samples, summed over the Cg channels that share the mask
-            grad_mask = grad[:, :, 0] * samples[:, :, 0]
-            for c in range(1, samples.shape[2]):
-                grad_mask.addcmul_(grad[:, :, c], samples[:, :, c])
-            grad_mask = grad_mask.unsqueeze(2)
-        if ctx.needs_input_grad[0]:
-            grad_samples = grad * mask
-        return grad_samples, grad_mask
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        xp, grid, mask, w2, samples = ctx.saved_tensors
+        need_x, need_grid, need_mask, need_w = ctx.needs_input_grad[:4]
+        b, g, cg = xp.shape[:3]
+        n = mask.shape[-1]
+        grad_xp = torch.zeros_like(xp) if need_x else None
+        grad_grid = torch.empty_like(grid) if need_grid else None
+        grad_mask = torch.empty_like(mask) if need_mask else None
+        grad_w2 = torch.zeros_like(w2) if need_w else None
+        grad_bias = grad_out.sum(dim=(0, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        for i in range(b):
+            if samples is not None:
+                s4 = samples[i]
+            else:   # only the input needs a gradient: sample again
+                s4 = F.grid_sample(xp[i], grid[i], mode="bilinear", padding_mode="zeros",
+                                   align_corners=True).view(g, cg, TAPS, n)
+            go = grad_out[i]
+            # d out / d cols = W^T grad
+            gc = (w2.t() @ go).view(g, cg, TAPS, n)
+            if need_mask:
+                # d / d m_k(p) = sum over the group's channels of grad_cols * samples (channel by channel: fast)
+                gm = grad_mask[i, :, 0]
+                torch.mul(gc[:, 0], s4[:, 0], out=gm)
+                for c in range(1, cg):
+                    gm.addcmul_(gc[:, c], s4[:, c])
+            if need_w:
+                # d / d W = grad @ cols^T, with the columns recomputed for this sample
+                grad_w2.addmm_(go, (s4 * mask[i]).view(g * cg * TAPS, n).t())
+            if need_x or need_grid:
+                gs = gc.mul_(mask[i]).view(g, cg, grid.shape[2], grid.shape[3])   # grid_sample's output layout
+                gx, gg = torch.ops.aten.grid_sampler_2d_backward(gs, xp[i], grid[i], 0, 0, True, [need_x, need_grid])
+                if need_x:
+                    grad_xp[i] = gx
+                if need_grid:
+                    grad_grid[i] = gg
+        return grad_xp, grad_grid, grad_mask, grad_w2, grad_bias
 
 
 def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
@@ -191,23 +248,14 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     [0, 1]; weight: [Cout, C, 3, 3]; bias: [Cout] or None. Stride 1, padding 1, dilation 1.
     Returns [B, Cout, H, W], equal to ``torchvision.ops.deform_conv2d(x, offset, weight, bias,
     padding=1, mask=mask)`` (to float rounding; gradients too, see the module docstring).
+    Written out for one sample: cols = sample_taps(x, offset) * mask (per group and tap), then
+    out = weight.view(Cout, C*9) @ cols; :class:`_SampleModulateMultiply` does exactly that, sample by sample.
     """
     groups = _check(x, offset, mask, weight, bias)
     b, c, h, w = x.shape
-    samples = sample_taps(x, offset)                                   # [B, G, C/G, 9, HW]
-    m = mask.view(b, groups, 1, TAPS, h * w)
-    # columns of the im2col matrix: m_k(p) * x(p + k + offset_k(p)); row index c*9 + k like weight.view(Cout, C*9)
-    if torch.is_grad_enabled() and (samples.requires_grad or m.requires_grad):
-        cols = _Modulate.apply(samples, m)
-    else:
-        cols = samples.mul_(m)   # inference: no second copy of the (9x larger than x) column tensor
-    cols = cols.view(b, c * TAPS, h * w)
-    # out[b, o, p] = sum_{c,k} W[o, c, k] * cols[b, c*9 + k, p] + bias[o]: one (batched) matrix multiplication.
-    # bmm with the kernel expanded over the batch (no copy); torch.matmul(2-D, 3-D) would fold and copy cols.
-    w2 = weight.reshape(weight.shape[0], c * TAPS)
-    out = torch.bmm(w2.unsqueeze(0).expand(b, -1, -1), cols)
-    if bias is not None:
-        out = out + bias.view(1, -1, 1)
+    xp, grid = _sampling_grid(x, offset)
+    out = _SampleModulateMultiply.apply(xp, grid, mask.reshape(b, groups, 1, TAPS, h * w),
+                                        weight.reshape(weight.shape[0], c * TAPS), bias)
     return out.view(b, weight.shape[0], h, w)
 
 

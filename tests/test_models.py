@@ -74,7 +74,7 @@ def test_mac_count_matches_a_forward_pass_with_hooks(small):
     assert count_macs(small, (6, 5))["total"] == measured["n"]
 
 
-@pytest.mark.parametrize("lr_hw,ref_hw", [((7, 9), (30, 22)), ((5, 3), (20, 12)), ((9, 6), (64, 48)), ((2, 1), (8, 4))])
+@pytest.mark.parametrize("lr_hw,ref_hw", [((7, 9), (30, 22)), ((9, 6), (64, 48)), ((2, 1), (8, 4))])
 def test_any_size_is_padded_and_cropped_back(small, lr_hw, ref_hw):
     small.eval()
     lr, ref = torch.rand(2, 3, *lr_hw), torch.rand(2, 3, *ref_hw)
