@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from toy_refsr import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+
 from rrsr_lib.baselines import C2_AUTHORS_PARAMETERS, TextureTransformer
 from rrsr_lib.errors import InputError
 from rrsr_lib.models import build_model, count_parameters, offset_scale

@@ -6,7 +6,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from toy_refsr import ToyRefSR  # noqa: E402
+from toy_refsr import ToyRefSR, one_thread  # noqa: E402, F401  (autouse fixture: one CPU thread)
 
 from rrsr_lib.errors import InputError  # noqa: E402
 from rrsr_lib.explorers import reciprocal as explorer  # noqa: E402

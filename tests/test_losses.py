@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+from toy_refsr import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+
 from rrsr_lib.errors import InputError
 from rrsr_lib.losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalty, gram_matrix,
                              l1_loss, wgan_critic_loss, wgan_generator_loss)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_refsr import ToyRefSR
+from toy_refsr import ToyRefSR, one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 from rrsr_lib.data.warp import random_homography_warp
 from rrsr_lib.degradation import bicubic_downsample, to_uint8

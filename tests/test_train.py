@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_refsr import ToyRefSR
+from toy_refsr import ToyRefSR, one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 from rrsr_lib.errors import InputError
 from rrsr_lib.reciprocal import warped_reference
