@@ -103,7 +103,7 @@ def _assert_no_errors(page, name: str) -> None:
     assert shown.count() == 0, f"{name}: a cell shows an error: {shown.first.inner_text()[:1500]}"
 
 
-def _wait_until_executed(page, timeout_s: float = 240):
+def _wait_until_executed(page, timeout_s: float = 540):
     """Wait until no cell prompt shows '[*]' and the kernel is idle."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
