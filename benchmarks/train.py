@@ -9,7 +9,7 @@ measured and reported separately.
 
     .venv/bin/python benchmarks/train.py [--model rrsr] [--config small] [--batch 9] [--hr 160] [--repeats 3]
 
-Writes results/train_benchmark.json and prints the ratio.
+Writes (updates) results/train_benchmark.json, one entry per "<model>_<config>_b<batch>_hr<hr>", and prints the ratio.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=9, help="samples per step (authors: 9)")
     ap.add_argument("--hr", type=int, default=160, help="HR patch size (authors: 160; LR = HR/4)")
     ap.add_argument("--repeats", type=int, default=3, help="timed steps of each kind")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on a shared machine two threads mostly wait for each other)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(ROOT / "results" / "train_benchmark.json"))
     args = ap.parse_args(argv)
@@ -100,8 +101,12 @@ def main(argv=None) -> dict:
     result["meets_target"] = result["ratio"] <= 2.1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(out.read_text()) if out.exists() else {}
+    if "ratio" in runs:   # an older file with a single run
+        runs = {}
+    runs[f"{args.model}_{args.config}_b{args.batch}_hr{args.hr}"] = result
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
+    tmp.write_text(json.dumps(runs, indent=2))
     os.replace(tmp, out)
     print(f"{args.model} ({args.config}), batch {args.batch}, LR {args.hr // 4}x{args.hr // 4}, {device}: "
           f"plain {result['plain_median_s']:.2f} s/step, reciprocal {result['reciprocal_median_s']:.2f} s/step, "
