@@ -1,10 +1,10 @@
 """Benchmark of patch matching: the fast streamed matcher against the full-matrix baseline, same run.
 
-Usage:  .venv/bin/python benchmarks/matching.py [--threads 2] [--quick] [--no-figure]
+Usage:  .venv/bin/python -u benchmarks/matching.py [--threads 1] [--quick] [--no-figure] [--out FILE]
 
 What it measures (every number in its own subprocess, so that peak memory is that of one call):
 * this machine's single-precision matrix-multiply rate (2048 and 4096 square), the ceiling;
-* time and peak extra memory of ``match_patches`` (fast, exact) and ``match_patches_naive``
+* time (best of 3 at CUFED5 size, one run elsewhere) and peak extra memory of ``match_patches`` (fast, exact) and ``match_patches_naive``
   (unfold + one batched matmul: the full similarity matrix, as TTSR does) at CUFED5 size
   (LR 125x83, C=256, same-size reference) and for LR and reference 200x200, C=64, plus a sweep of
   square sizes for the figure;
@@ -159,7 +159,9 @@ def real_features(tmp: Path) -> tuple[Path, dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads in every measurement (this machine: 2 cores)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in every measurement (this machine: 2 cores shared by several developers; "
+                         "with 2 threads every multi-threaded op can stall on a descheduled thread, see the report)")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
     ap.add_argument("--no-figure", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "results" / "matching_benchmark.json"))
@@ -203,7 +205,7 @@ def main(argv=None):
     # the full matrix there: (198*198)^2 float32 = 5.7 GiB plus its unfolded inputs; run it only if memory allows
     full_need = (198 * 198) ** 2 * 4 / MIB
     large_methods = ["fast"] + (["naive"] if mem_available_mib() > 1.6 * full_need and not args.quick else [])
-    large = case("200x200_c64", 64, 200, 200, 200, 200, large_methods, reps)
+    large = case("200x200_c64", 64, 200, 200, 200, 200, large_methods, 1)
     large["full_matrix_mib"] = full_need
     if "naive" not in large:
         print(f"  full matrix not run (needs {full_need:.0f} MiB for the matrix alone, {mem_available_mib():.0f} MiB available)")
@@ -222,9 +224,9 @@ def main(argv=None):
         tmp = Path(tmp)
         fpath, finfo = real_features(tmp)
         exact_path, approx_path = tmp / "exact.pt", tmp / "approx.pt"
-        ex = run({"method": "fast", "threads": th, "features": str(fpath), "repeats": reps, "save": str(exact_path)})
+        ex = run({"method": "fast", "threads": th, "features": str(fpath), "repeats": 1, "save": str(exact_path)})
         c2f_cfg = {"block": 8, "radius": 4, "ref_scale": 2}
-        ap_ = run({"method": "c2f", "threads": th, "features": str(fpath), "repeats": reps, "save": str(approx_path), **c2f_cfg})
+        ap_ = run({"method": "c2f", "threads": th, "features": str(fpath), "repeats": 1, "save": str(approx_path), **c2f_cfg})
         import torch
         e, a = torch.load(exact_path, weights_only=True), torch.load(approx_path, weights_only=True)
         shape = finfo["shape"]

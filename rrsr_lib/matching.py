@@ -184,14 +184,19 @@ def _block_bytes(bb, rows, bx, bv, bu, k, c, itemsize):
 
 def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: int, ref_width: int,
                 patch_size: int = 3, memory_budget_mb: float = 512, itemsize: int = 4,
-                cache_kb: int = 6144, rows: int = 2, padded_copy: bool = False) -> BlockPlan:
+                work_mb: float = 64, rows: int = 8, padded_copy: bool = False) -> BlockPlan:
     """Choose the blocking of :func:`match_patches` so that its extra memory stays under the budget.
 
     height/width, ref_height/ref_width: sizes of the (padded, for 'same') feature maps.
     padded_copy: True for padding='same', whose zero-padded copies of both maps live for the whole call.
-    cache_kb: speed knob, independent of the budget: the streamed working set of a block (one
-    reference block's similarities for ``rows`` input pixel rows) is kept near this size so that the
-    shift sums run in cache (tuned in benchmarks/matching.py). Blocks never exceed the budget.
+    work_mb, rows: speed knobs, independent of the budget. ``rows`` input pixel rows go through one
+    matrix multiplication; the reference block grows until the streamed working set (the similarities
+    of ``rows`` input rows against the block, the ring of column sums, the patch scores) reaches about
+    ``work_mb``. Small blocks keep the shift sums in cache but mean more, smaller tensor operations
+    and more recomputed overlap rows ((bv+k-1)/bv); on a shared CPU, where every multi-threaded
+    operation can stall on a descheduled thread, fewer and larger operations win by far (measured
+    in benchmarks/matching.py: 2 rows and ~12-row blocks took 2-3x longer than 8 rows and ~24-40-row
+    blocks with 2 threads under load; with 1 thread all were within noise). Blocks never exceed the budget.
     Raises InputError if not even the per-position arrays plus the smallest block fit the budget.
     """
     k, c = patch_size, channels
@@ -203,7 +208,7 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
     if padded_copy:
         fixed += batch * c * (height * width + ref_height * ref_width) * itemsize
     avail = int(memory_budget_mb * _MIB) - fixed
-    cache = cache_kb * 1024
+    work = work_mb * _MIB
 
     def cost(bb, m, bx, bv, bu):
         return _block_bytes(bb, m, bx, bv, bu, k, c, itemsize)
@@ -223,15 +228,15 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
                          f"{ref_height}x{ref_width} reference with {c} channels (per-position arrays plus the "
                          f"smallest block); give memory_budget_mb >= {need}")
     # grow the reference block (fewer overlap rows recomputed: (bv+k-1)/bv of the minimum work)
-    # while the streamed working set stays in cache and the whole block within the budget
+    # while the streamed working set stays near work_mb and the whole block within the budget
     slab_bytes = lambda bv_: (bx + k - 1) * (bv_ + k - 1) * (bu + k - 1) * itemsize * (4 * m + k - 1)
-    while bv < hr and slab_bytes(bv + 1) <= cache and cost(1, m, bx, bv + 1, bu) <= avail:
+    while bv < hr and slab_bytes(bv + 1) <= work and cost(1, m, bx, bv + 1, bu) <= avail:
         bv += 1
-    # at least 4 rows per block when the budget allows it: below that the overlap costs more than the cache saves
+    # at least 4 rows per block when the budget allows it: below that the overlap costs more than it saves
     while bv < min(hr, 4 * k) and cost(1, m, bx, bv + 1, bu) <= avail:
         bv += 1
     bb = 1
-    while bb < batch and slab_bytes(bv) * (bb + 1) <= cache and cost(bb + 1, m, bx, bv, bu) <= avail:
+    while bb < batch and slab_bytes(bv) * (bb + 1) <= work and cost(bb + 1, m, bx, bv, bu) <= avail:
         bb += 1
     return BlockPlan(bb, m, bx, bv, bu, cost(bb, m, bx, bv, bu), fixed)
 
