@@ -49,13 +49,16 @@ def lab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1:<free port> with a random token, stopped whatever happens."""
     port, token = _free_port(), secrets.token_hex(16)
     runtime = tmp_path_factory.mktemp("jupyter-runtime")
+    # JupyterLab autosaves what it runs: serve a copy, so the committed notebooks never get outputs.
+    served = tmp_path_factory.mktemp("served") / "notebooks"
+    shutil.copytree(ROOT / "notebooks", served)
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), MPLBACKEND="module://matplotlib_inline.backend_inline")
     log = open(runtime / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={served}",
          "--ServerApp.open_browser=False"] + (["--allow-root"] if os.geteuid() == 0 else []) + [ "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=ROOT / "notebooks", env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=served, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(120):
