@@ -276,7 +276,7 @@ def plot(report: dict) -> None:
         axes[0].plot(xs, [v["time_s"] for _, v in pts], style, label=label)
         axes[1].plot(xs, [v["peak_extra_mib"] for _, v in pts], style, label=label)
     axes[0].set(xscale="log", yscale="log", xlabel="input (= reference) positions H*W, C=256", ylabel="time (s)",
-                title=f"time, {report['threads']} threads, shared CPU")
+                title=f"time, {report['threads']} thread(s), shared CPU")
     axes[1].set(xscale="log", yscale="log", xlabel="input (= reference) positions H*W, C=256", ylabel="peak extra memory (MiB)",
                 title="peak extra memory (default budget 512 MiB)")
     axes[1].axhline(512, color="grey", lw=0.8, ls=":")
