@@ -205,3 +205,12 @@ def test_unit_gradients_equal_between_paths():
         grads[path] = torch.autograd.grad(out.square().sum(), [ref] + list(unit.parameters()))
     for a, b in zip(grads["sampling"], grads["torchvision"]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
+
+
+def test_sample_taps_then_one_matmul_is_the_sampling_path():
+    # the definition written out for the whole batch: columns = samples * masks, then weight.view(Cout, C*9) @ columns
+    x, offset, mask, weight, bias = [t.detach() for t in _case(2, 16, 6, 7)]
+    samples = alignment.sample_taps(x, offset)                      # [B, G, C/G, 9, HW]
+    cols = (samples * mask.view(2, 8, 1, 9, 42)).reshape(2, 16 * 9, 42)
+    out = (weight.reshape(weight.shape[0], -1) @ cols + bias.view(1, -1, 1)).view(2, -1, 6, 7)
+    torch.testing.assert_close(out, deform_conv_sampling(x, offset, mask, weight, bias), rtol=1e-10, atol=1e-10)
