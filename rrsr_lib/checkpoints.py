@@ -1,0 +1,462 @@
+"""Trained checkpoints that ship with the project: what each one is, how it was made, how to load it safely.
+
+Idea: the paper's claims are comparisons between *trained* networks (RRSR against SISR, C2-Matching and
+TTSR, each with and without reciprocal learning; the PFAS ablations). Training at the authors' scale
+takes days on a GPU, so the project ships small networks trained on the embedded photos on a 2-core
+CPU, all with one recipe (:data:`RECIPE`: the same data, patch size, batch, step count and schedule), so
+that the comparisons between them are fair even though every one of them is far from converged.
+
+Each checkpoint is a folder ``checkpoints/<name>/`` holding
+
+* ``params.yaml``: the exact training parameter file (:mod:`rrsr_lib.train`) that made it;
+* ``train_log.csv``: the training log written by :func:`rrsr_lib.train.train`;
+* ``model.pt``: the trained weights, a plain dict of tensors readable with
+  ``torch.load(path, weights_only=True)`` (nothing in it can run code);
+* ``info.json``: the architecture (registry name, configuration, matching features and VGG weights),
+  the sha256 and size of ``model.pt``, the training time and machine.
+
+What ``model.pt`` stores, and what it does not:
+
+* only the *trained* tensors. The frozen parts (ImageNet VGG texture features, the contrastive matching
+  trunks) are rebuilt from their own shipped weights when the network is built; a fingerprint of them
+  (sha256 over their tensors) is stored in info.json and checked at load time, so a checkpoint is never
+  run with other frozen features than the ones it was trained with;
+* weight tensors of 2 or more dimensions with at least :data:`QUANTIZE_MIN_NUMEL` values as int8 with
+  one float32 scale per output channel (symmetric: w = q * scale, scale = max|w| / 127), everything else
+  (biases, small tensors) as float32. RRSR's "small" network has 2.6 M trained parameters because its
+  alignment and selection units see VGG's 256/128/64 texture channels: 10.5 MB in float32 and 5.3 MB in
+  float16, above the 5 MB a shipped checkpoint may take; int8 makes it 2.7 MB. Every number the project
+  reports is measured with the weights as shipped (dequantized), never with the float32 originals.
+
+:func:`load_checkpoint` checks the file's sha256 against info.json and names the command that trains a
+missing checkpoint. ``python scripts/train_checkpoints.py`` regenerates every checkpoint from its
+params.yaml (:func:`train_checkpoint`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .figures import project_root
+
+__all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "QUANTIZE_MIN_NUMEL", "checkpoints_dir", "checkpoint_names",
+           "checkpoint_spec", "build_architecture", "frozen_prefixes", "frozen_fingerprint", "pack_state_dict",
+           "unpack_state_dict", "save_checkpoint", "checkpoint_info", "load_checkpoint", "list_checkpoints",
+           "params_text", "write_params", "train_checkpoint", "sha256_file"]
+
+FORMAT = "rrsr-checkpoint/1"
+# weight tensors with at least this many values are stored as int8 + per-output-channel scales
+QUANTIZE_MIN_NUMEL = 1024
+
+# ----------------------------------------------------------------------------------------------
+# the recipe: one set of training parameters for every shipped checkpoint
+# ----------------------------------------------------------------------------------------------
+# name: (value, comment). Every parameter of rrsr_lib.train.PARAMETERS that the recipe sets; the rest keep
+# the authors' values. model, model_config, reciprocal, seed and output_dir come from each checkpoint.
+RECIPE: dict[str, tuple[Any, str]] = {
+    "reciprocal_weight": (0.6, "the authors' weight: loss = L1(SR, HR) + 0.6 L1(Ref_w_hat, Ref_w)"),
+    "warp_min_px": (1.0, "Ref_w corner moves 1-3.8 px: the authors' 5-19 px on a 160 px reference, scaled to 32 px"),
+    "warp_max_px": (3.8, ""),
+    "dataset": ("embedded", "the embedded training photos (CUFED cannot ship)"),
+    "embedded_length": (1000, "pairs per epoch"),
+    "embedded_levels": ([1, 2], "similarity levels 1-2 only (authors: CUFED pairs of all similarities): "
+                                "reference use is learned faster from similar pairs, and the budget is short"),
+    "val_dataset": ("none", "no validation during training: the test pairs are only used to evaluate (notebook 08)"),
+    "hr_patch": (32, "HR 32 / LR 8 / Ref 32 (authors: 160 / 40 / 160): what a 2-core CPU trains in minutes"),
+    "lr_patch": (8, ""),
+    "ref_size": (32, ""),
+    "batch_size": (4, "authors: 9"),
+    "num_workers": (0, ""),
+    "iterations": (300, "authors: 255,000"),
+    "lr": (1.0e-3, "authors: 1e-4; 10x for a run 850x shorter (the same for every model)"),
+    "offset_lr_x1": (1.0e-5, "the authors' offset learning rates 1e-6 / 1e-5 / 1e-4, also 10x"),
+    "offset_lr_x2": (1.0e-4, ""),
+    "offset_lr_x4": (1.0e-3, ""),
+    "lr_milestones": ([240], "lr x0.1 for the last 20% of the steps (authors: at 72,545 and 211,040 of 255,000)"),
+    "lr_gamma": (0.1, ""),
+    "device": ("auto", ""),
+    "amp": (True, "mixed precision on CUDA only"),
+    "checkpoint_every": (0, "only the final resumable checkpoint"),
+    "log_every": (10, ""),
+    "resume": (False, "start over when retrained"),
+    "progress": (True, ""),
+}
+
+# The shipped checkpoints: name -> architecture and run. "config" is the registry configuration
+# (rrsr_lib.models / rrsr_lib.baselines); the RRSR ablations are RRSR's "small" with one part changed.
+_ABLATION_NOTE = {"small_single_scale": "PFAS ablation: reference aligned and used at x1 only",
+                  "small_no_selection": "PFAS ablation: plain conv head instead of the reference-aware selection",
+                  "small_no_cascade": "PFAS ablation: one stage per scale (no cascade)"}
+
+
+def _spec(model: str, reciprocal: bool, seed: int, config: str = "small", note: str = "") -> dict:
+    return {"model": model, "config": config, "reciprocal": reciprocal, "seed": seed, "note": note}
+
+
+def _all_specs() -> dict[str, dict]:
+    specs = {}
+    for model in ("sisr", "c2", "ttsr", "rrsr"):
+        for rec in (False, True):
+            specs[f"{model}_{'rec' if rec else 'plain'}_seed0"] = _spec(model, rec, 0)
+    for seed in (1, 2):
+        for rec in (False, True):
+            specs[f"rrsr_{'rec' if rec else 'plain'}_seed{seed}"] = _spec("rrsr", rec, seed)
+    for config, note in _ABLATION_NOTE.items():
+        specs[f"rrsr_{config[len('small_'):]}_rec_seed0"] = _spec("rrsr", True, 0, config, note)
+    return specs
+
+
+CHECKPOINTS: dict[str, dict] = _all_specs()
+
+# frozen parts shared by all networks: the contrastive matching trunks shipped by rrsr_lib.contrastive (the
+# authors' matching features) and the offline ImageNet VGG16 texture features (rrsr_lib.vgg)
+MATCHING = "contrastive"
+VGG_WEIGHTS = "vgg16"
+
+
+def checkpoints_dir() -> Path:
+    """checkpoints/ at the project root, or $RRSR_CHECKPOINTS when set."""
+    return Path(os.environ.get("RRSR_CHECKPOINTS", project_root() / "checkpoints"))
+
+
+def checkpoint_names() -> list[str]:
+    """Names of the shipped checkpoints, in the order of :data:`CHECKPOINTS`."""
+    return list(CHECKPOINTS)
+
+
+def checkpoint_spec(name: str) -> dict:
+    """The specification of a shipped checkpoint: {"model", "config", "reciprocal", "seed", "note"}."""
+    if name not in CHECKPOINTS:
+        raise InputError(f"unknown checkpoint {name!r}; the shipped checkpoints are {checkpoint_names()}")
+    return dict(CHECKPOINTS[name])
+
+
+def _architecture(spec: dict) -> dict:
+    return {"model": spec["model"], "config": spec["config"], "matching": MATCHING, "vgg_weights": VGG_WEIGHTS}
+
+
+def build_architecture(arch: dict) -> nn.Module:
+    """An untrained network for an architecture record {"model", "config", "matching", "vgg_weights"}.
+
+    The frozen parts are pinned: matching features ("contrastive" or "vgg") and VGG weights ("vgg16",
+    "vgg19") are what the record says, never the "auto" choice, which could differ between machines.
+    Returns the network in eval mode on the CPU; its call is model(lr, ref) -> sr (rrsr_lib.models).
+    """
+    from . import baselines
+    from .models import build_model
+
+    name, config = arch.get("model"), arch.get("config")
+    if name == "rrsr":
+        model = build_model("rrsr", config, matching=arch["matching"], vgg_weights=arch["vgg_weights"])
+    elif name == "c2":
+        if config not in baselines.C2_CONFIGS:
+            raise InputError(f"unknown c2 configuration {config!r}; choose one of {sorted(baselines.C2_CONFIGS)}")
+        model = build_model("c2", {**baselines.C2_CONFIGS[config], "matching": arch["matching"],
+                                   "vgg_weights": arch["vgg_weights"]})
+    elif name == "ttsr":
+        if config not in baselines.TTSR_CONFIGS:
+            raise InputError(f"unknown ttsr configuration {config!r}; choose one of {sorted(baselines.TTSR_CONFIGS)}")
+        model = build_model("ttsr", dataclasses.replace(baselines.TTSR_CONFIGS[config], vgg_weights=arch["vgg_weights"]))
+    elif name == "sisr":
+        model = build_model("sisr", config)
+    else:
+        raise InputError(f"unknown model {name!r} in a checkpoint architecture; expected rrsr, c2, ttsr or sisr")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# what is stored: trained tensors only, large weights as int8
+# ----------------------------------------------------------------------------------------------
+def frozen_prefixes(model: nn.Module) -> list[str]:
+    """State-dict prefixes ("texture.", "matcher.features.", ...) of the submodules whose parameters are all
+    frozen (requires_grad False): the pretrained parts that are rebuilt, not stored. Outermost only."""
+    out: list[str] = []
+    for name, mod in model.named_modules():
+        if not name or any(name.startswith(p) for p in out):
+            continue
+        params = list(mod.parameters())
+        if params and not any(p.requires_grad for p in params):
+            out.append(name + ".")
+    return out
+
+
+def _split_state(model: nn.Module) -> tuple[dict, dict]:
+    prefixes = frozen_prefixes(model)
+    trained, frozen = {}, {}
+    for k, v in model.state_dict().items():
+        (frozen if any(k.startswith(p) for p in prefixes) else trained)[k] = v
+    return trained, frozen
+
+
+def frozen_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names, shapes and float32 values of the frozen tensors of ``model`` (hex string)."""
+    h = hashlib.sha256()
+    for k, v in sorted(_split_state(model)[1].items()):
+        t = v.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{k}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def pack_state_dict(model: nn.Module) -> dict:
+    """The trained tensors of ``model`` as a dict of plain tensors (torch.load(weights_only=True) can read it).
+
+    Returns {"format": FORMAT, "float": {name: float32 tensor}, "int8": {name: int8 tensor},
+    "scale": {name: float32 tensor [out_channels]}}: weights with dim >= 2 and >= QUANTIZE_MIN_NUMEL values go
+    to "int8" with one scale per output channel (dim 0), w ~= q * scale, scale = max|w| / 127.
+    """
+    trained, _ = _split_state(model)
+    out = {"format": FORMAT, "float": {}, "int8": {}, "scale": {}}
+    for k, v in trained.items():
+        v = v.detach().to("cpu")
+        if v.is_floating_point() and v.dim() >= 2 and v.numel() >= QUANTIZE_MIN_NUMEL:
+            w = v.float().reshape(v.shape[0], -1)
+            # symmetric int8 per output channel: scale = max|w| / 127, q = round(w / scale)
+            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            out["int8"][k] = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(v.shape).clone()
+            out["scale"][k] = scale.clone()
+        else:
+            out["float"][k] = (v.float() if v.is_floating_point() else v).clone()
+    return out
+
+
+def unpack_state_dict(packed: dict) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_state_dict`: {name: tensor} with int8 weights dequantized to float32."""
+    if not isinstance(packed, dict) or packed.get("format") != FORMAT:
+        raise InputError(f"not an rrsr checkpoint of format {FORMAT!r}; write it with rrsr_lib.checkpoints.save_checkpoint")
+    state = dict(packed["float"])
+    for k, q in packed["int8"].items():
+        scale = packed["scale"][k]
+        state[k] = (q.float().reshape(q.shape[0], -1) * scale[:, None]).reshape(q.shape)
+    return state
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model: nn.Module, folder: str | Path, arch: dict, **info) -> dict:
+    """Write ``folder/model.pt`` (packed, see :func:`pack_state_dict`) and ``folder/info.json`` atomically.
+
+    arch: the architecture record that :func:`build_architecture` rebuilds ``model`` from. ``info``: more
+    fields for info.json (training time, spec, ...). Returns the info dict written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.pt"
+    tmp = folder / ".model.pt.tmp"
+    torch.save(pack_state_dict(model), tmp)
+    os.replace(tmp, path)
+    record = {"format": FORMAT, "architecture": dict(arch), "frozen_fingerprint": frozen_fingerprint(model),
+              "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "sha256": sha256_file(path), "bytes": path.stat().st_size, **info}
+    _atomic_write_text(folder / "info.json", json.dumps(record, indent=1) + "\n")
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------
+def _train_command(name: str) -> str:
+    return f"`python scripts/train_checkpoints.py {name}`"
+
+
+def checkpoint_info(name: str, root: str | Path | None = None) -> dict:
+    """info.json of a checkpoint (architecture, sha256, bytes, training time). Raises InputError naming the
+    command that trains the checkpoint when its folder or files are missing."""
+    root = Path(root) if root is not None else checkpoints_dir()
+    folder = root / name
+    known = name in CHECKPOINTS
+    if not (folder / "info.json").is_file() or not (folder / "model.pt").is_file():
+        missing = "model.pt" if (folder / "info.json").is_file() else "info.json"
+        how = (f"train it with {_train_command(name)} (a few minutes on a CPU) or restore the shipped files with "
+               f"`git checkout -- checkpoints/{name}`") if known else \
+            f"the shipped checkpoints are {checkpoint_names()}"
+        raise InputError(f"checkpoint {name!r} is missing ({folder / missing} not found); {how}")
+    try:
+        return json.loads((folder / "info.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{folder / 'info.json'} is not valid JSON ({exc}); retrain with {_train_command(name)}") from None
+
+
+def load_checkpoint(name: str, device: torch.device | str = "cpu", root: str | Path | None = None,
+                    verify: bool = True) -> nn.Module:
+    """A trained network from ``checkpoints/<name>``, in eval mode on ``device``.
+
+    Call: model(lr [B,3,h,w], ref [B,3,Hr,Wr], float in [0,1]) -> sr [B,3,4h,4w] in [0,1].
+    verify: check model.pt's sha256 against info.json and the fingerprint of the frozen parts (VGG,
+    matching trunks) against the ones the checkpoint was trained with. The file is read with
+    ``torch.load(weights_only=True)``. Raises InputError for a missing checkpoint (with the command that
+    trains it), a changed file, or frozen parts that differ.
+    """
+    root = Path(root) if root is not None else checkpoints_dir()
+    info = checkpoint_info(name, root)
+    path = root / name / "model.pt"
+    if verify:
+        digest = sha256_file(path)
+        if digest != info.get("sha256"):
+            raise InputError(f"{path} has changed: its sha256 is {digest[:16]}..., info.json says "
+                             f"{str(info.get('sha256'))[:16]}...; restore it with `git checkout -- checkpoints/{name}` "
+                             f"or retrain it with {_train_command(name)}")
+    model = build_architecture(info["architecture"])
+    if verify and frozen_fingerprint(model) != info.get("frozen_fingerprint"):
+        raise InputError(f"checkpoint {name!r} was trained with other frozen features (VGG / matching trunks: "
+                         f"{info['architecture']}) than this installation builds; restore rrsr_lib/weights and the "
+                         f"VGG weights it names, or retrain it with {_train_command(name)}")
+    packed = torch.load(path, map_location="cpu", weights_only=True)
+    state = unpack_state_dict(packed)
+    result = model.load_state_dict(state, strict=False)
+    prefixes = frozen_prefixes(model)
+    not_frozen = [k for k in result.missing_keys if not any(k.startswith(p) for p in prefixes)]
+    if not_frozen or result.unexpected_keys:
+        raise InputError(f"{path} does not fit the architecture {info['architecture']}: missing "
+                         f"{not_frozen[:3]}, unexpected {result.unexpected_keys[:3]}; retrain it with "
+                         f"{_train_command(name)}")
+    return model.to(device).eval()
+
+
+def list_checkpoints(root: str | Path | None = None) -> list[dict]:
+    """One row per shipped checkpoint: {name, model, config, reciprocal, seed, note, present, bytes,
+    train_seconds, iterations}; present=False (and None sizes) for a checkpoint whose files are missing."""
+    root = Path(root) if root is not None else checkpoints_dir()
+    rows = []
+    for name, spec in CHECKPOINTS.items():
+        try:
+            info = checkpoint_info(name, root)
+            present = True
+        except InputError:
+            info, present = {}, False
+        rows.append({"name": name, **spec, "present": present, "bytes": info.get("bytes"),
+                     "train_seconds": info.get("train_seconds"), "iterations": info.get("iterations")})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# making them
+# ----------------------------------------------------------------------------------------------
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def params_text(name: str) -> str:
+    """The params.yaml of a shipped checkpoint: every parameter of rrsr_lib.train.PARAMETERS, with the
+    recipe's values and comments (authors' values elsewhere). Parsed by rrsr_lib.train.load_params."""
+    from .train import PARAMETERS
+
+    spec = checkpoint_spec(name)
+    arch_note = f"architecture: {spec['model']} '{spec['config']}' (info.json)"
+    if spec["config"] != "small":
+        arch_note += "; built by rrsr_lib.checkpoints (train's model_config names its base)"
+    per_run = {"model": (spec["model"], arch_note),
+               "model_config": ("small", "CPU-sized configuration: same code as 'paper', smaller numbers"),
+               "reciprocal": (spec["reciprocal"], "reciprocal second pass on/off"),
+               "seed": (spec["seed"], ""),
+               "output_dir": (f"runs/checkpoints/{name}", "training folder; model.pt is packed into checkpoints/")}
+    lines = [f"# checkpoint {name}: {spec['model']} ({spec['config']}), reciprocal learning "
+             f"{'on' if spec['reciprocal'] else 'off'}, seed {spec['seed']}" + (f"; {spec['note']}" if spec["note"] else ""),
+             "# The recipe shared by every shipped checkpoint (rrsr_lib.checkpoints.RECIPE): same data, patch, batch,",
+             "# steps and schedule for every model. Retrain: python scripts/train_checkpoints.py " + name]
+    for key, (default, *_rest) in PARAMETERS.items():
+        value, comment = per_run.get(key) or RECIPE.get(key) or (default, "")
+        line = f"{key}: {_yaml_value(value)}"
+        lines.append(f"{line:<28} # {comment}" if comment else line)
+    return "\n".join(lines) + "\n"
+
+
+def write_params(name: str, root: str | Path | None = None) -> Path:
+    """Write ``checkpoints/<name>/params.yaml`` from the recipe (see :func:`params_text`); returns its path."""
+    from .train import load_params
+
+    root = Path(root) if root is not None else checkpoints_dir()
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    _atomic_write_text(path, params_text(name))
+    load_params(path)  # the file must be valid for rrsr_lib.train
+    return path
+
+
+def train_checkpoint(name: str, root: str | Path | None = None, params_file: str | Path | None = None,
+                     threads: int | None = 1, **overrides) -> dict:
+    """Train checkpoint ``name`` from its params.yaml and pack it into ``root/<name>/``.
+
+    params_file: the parameter file to train from (default: ``<checkpoints_dir()>/<name>/params.yaml``, or,
+    when that is absent, one written from the recipe into ``root/<name>/``). root: where the packed checkpoint goes (default: checkpoints_dir(); give
+    another folder, e.g. runs/retrained, to keep the shipped checkpoints). overrides: training parameters
+    that replace the file's (e.g. iterations=50); recorded in info.json. threads: torch CPU threads during
+    training (1 is fastest on a shared 2-core machine; None: leave torch's setting).
+    Returns the info dict (architecture, sha256, bytes, train_seconds, ...).
+    """
+    from .train import load_params, train
+
+    spec = checkpoint_spec(name)
+    root = Path(root) if root is not None else checkpoints_dir()
+    if params_file is None:
+        params_file = checkpoints_dir() / name / "params.yaml"
+        if not params_file.is_file():
+            params_file = write_params(name, root)
+    params_file = Path(params_file)
+    p = load_params(params_file, **overrides)
+    if p["model"] != spec["model"] or p["reciprocal"] != spec["reciprocal"] or p["seed"] != spec["seed"]:
+        raise InputError(f"{params_file} trains model={p['model']} reciprocal={p['reciprocal']} seed={p['seed']}, "
+                         f"but checkpoint {name!r} is {spec['model']} reciprocal={spec['reciprocal']} seed={spec['seed']}")
+    if root.resolve() != checkpoints_dir().resolve() and "output_dir" not in overrides:
+        p["output_dir"] = str(Path("runs") / "retrained_runs" / name)
+    arch = _architecture(spec)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        from .device import seed_everything
+        # the network is initialised from the run's seed, then trained (train() seeds again for the data)
+        seed_everything(p["seed"])
+        model = build_architecture(arch).train()
+        t0 = time.perf_counter()
+        result = train(p, model=model)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    out = Path(result["output_dir"])
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if params_file.resolve() != (folder / "params.yaml").resolve():
+        shutil.copyfile(params_file, folder / "params.yaml")
+    shutil.copyfile(out / "train_log.csv", folder / ".train_log.csv.tmp")
+    os.replace(folder / ".train_log.csv.tmp", folder / "train_log.csv")
+    return save_checkpoint(result["model"].cpu(), folder, arch, spec=spec, iterations=int(p["iterations"]),
+                           overrides=copy.deepcopy(overrides), train_seconds=round(seconds, 1),
+                           threads=torch.get_num_threads() if not threads else threads,
+                           device=str(result["summary"]["device"]) if result.get("summary") else "cpu",
+                           machine=f"{platform.machine()}, {os.cpu_count()} CPU cores visible",
+                           torch=torch.__version__)

@@ -1,0 +1,58 @@
+"""Regenerate the shipped checkpoints from their parameter files.
+
+    python scripts/train_checkpoints.py                    # every checkpoint, one after the other
+    python scripts/train_checkpoints.py rrsr_rec_seed0     # one (or several) by name
+    python scripts/train_checkpoints.py --list             # what exists, sizes and training times
+    python scripts/train_checkpoints.py --write-params     # rewrite checkpoints/*/params.yaml from the recipe
+
+Each checkpoint is trained from checkpoints/<name>/params.yaml (rrsr_lib.train) with the architecture in
+rrsr_lib.checkpoints.CHECKPOINTS, and packed into checkpoints/<name>/ (model.pt, info.json, train_log.csv).
+On a shared 2-core CPU, one torch thread per process is fastest (--threads 1, the default); two processes
+with different names can run side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rrsr_lib.checkpoints import (checkpoint_names, checkpoints_dir, list_checkpoints, train_checkpoint,  # noqa: E402
+                                  write_params)
+from rrsr_lib.errors import InputError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help=f"checkpoints to train (default: all of {checkpoint_names()})")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads while training (default 1)")
+    ap.add_argument("--list", action="store_true", help="list the checkpoints and exit")
+    ap.add_argument("--write-params", action="store_true", help="write params.yaml from the recipe and exit")
+    args = ap.parse_args(argv)
+    names = args.names or checkpoint_names()
+    try:
+        if args.list:
+            for r in list_checkpoints():
+                size = f"{r['bytes'] / 1e6:.2f} MB" if r["present"] else "missing"
+                secs = f"{r['train_seconds']:.0f} s" if r["present"] else ""
+                print(f"{r['name']:<32} {size:>10} {secs:>8}")
+            return 0
+        if args.write_params:
+            for n in names:
+                print(write_params(n))
+            return 0
+        for n in names:
+            t0 = time.perf_counter()
+            info = train_checkpoint(n, threads=args.threads)
+            print(f"{n}: {info['bytes'] / 1e6:.2f} MB, trained in {info['train_seconds']:.0f} s "
+                  f"({time.perf_counter() - t0:.0f} s in all) -> {checkpoints_dir() / n}", flush=True)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
