@@ -1,0 +1,166 @@
+"""Shipped checkpoints: safe loading (weights_only), checksums, clear errors, the recipe, and packing."""
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from rrsr_lib import checkpoints as ck
+from rrsr_lib.errors import InputError
+from rrsr_lib.train import load_params
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints"
+SISR = {"model": "sisr", "config": "small", "matching": "contrastive", "vgg_weights": "vgg16"}
+
+
+def _sisr(seed=0):
+    torch.manual_seed(seed)
+    return ck.build_architecture(SISR)
+
+
+def test_pack_stores_int8_per_output_channel_and_unpacks_within_half_a_step():
+    model = _sisr()
+    packed = ck.pack_state_dict(model)
+    state = model.state_dict()
+    assert packed["int8"], "large weights must be quantized"
+    for k, q in packed["int8"].items():
+        assert q.dtype == torch.int8 and packed["scale"][k].shape == (q.shape[0],)
+    restored = ck.unpack_state_dict(packed)
+    assert set(restored) == set(state)
+    for k, v in state.items():
+        if k in packed["int8"]:
+            step = packed["scale"][k].view(-1, *[1] * (v.dim() - 1))
+            assert ((restored[k] - v).abs() <= step / 2 + 1e-7).all(), k
+        else:
+            torch.testing.assert_close(restored[k], v, rtol=0, atol=0)
+
+
+def test_frozen_parts_are_not_stored_but_fingerprinted():
+    arch = {"model": "rrsr", "config": "small", "matching": "contrastive", "vgg_weights": "vgg16"}
+    a, b = ck.build_architecture(arch), ck.build_architecture(arch)
+    prefixes = ck.frozen_prefixes(a)
+    assert "texture." in prefixes and "matcher." in prefixes
+    packed = ck.pack_state_dict(a)
+    names = list(packed["float"]) + list(packed["int8"])
+    assert names and not any(n.startswith(tuple(prefixes)) for n in names)
+    assert ck.frozen_fingerprint(a) == ck.frozen_fingerprint(b)
+    with torch.no_grad():
+        b.texture.body[0].weight[0, 0, 0, 0] += 1.0
+    assert ck.frozen_fingerprint(a) != ck.frozen_fingerprint(b)
+
+
+def test_save_then_load_gives_the_dequantized_network(tmp_path):
+    model = _sisr(3)
+    info = ck.save_checkpoint(model, tmp_path / "sisr_plain_seed0", SISR)
+    data = torch.load(tmp_path / "sisr_plain_seed0" / "model.pt", weights_only=True)
+    assert data["format"] == ck.FORMAT and info["sha256"] == ck.sha256_file(tmp_path / "sisr_plain_seed0" / "model.pt")
+    loaded = ck.load_checkpoint("sisr_plain_seed0", root=tmp_path)
+    assert not loaded.training
+    reference = _sisr(0)
+    reference.load_state_dict(ck.unpack_state_dict(data))
+    lr, ref = torch.rand(1, 3, 9, 11), torch.rand(1, 3, 36, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(lr, ref), reference.eval()(lr, ref))
+
+
+def test_missing_checkpoint_names_the_command_that_trains_it(tmp_path):
+    with pytest.raises(InputError, match=r"python scripts/train_checkpoints.py rrsr_rec_seed0"):
+        ck.load_checkpoint("rrsr_rec_seed0", root=tmp_path)
+    with pytest.raises(InputError, match="shipped checkpoints are"):
+        ck.checkpoint_spec("rrsr_rec_seed9")
+
+
+def test_changed_file_is_refused(tmp_path):
+    ck.save_checkpoint(_sisr(), tmp_path / "sisr_plain_seed0", SISR)
+    path = tmp_path / "sisr_plain_seed0" / "model.pt"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="has changed"):
+        ck.load_checkpoint("sisr_plain_seed0", root=tmp_path)
+
+
+def test_unpack_refuses_other_files():
+    with pytest.raises(InputError, match="not an rrsr checkpoint"):
+        ck.unpack_state_dict({"weight": torch.zeros(3)})
+
+
+def test_recipe_is_the_same_for_every_checkpoint_and_valid_for_train():
+    shared = None
+    for name in ck.checkpoint_names():
+        spec = ck.checkpoint_spec(name)
+        p = load_params_from_text(ck.params_text(name))
+        assert (p["model"], p["reciprocal"], p["seed"]) == (spec["model"], spec["reciprocal"], spec["seed"])
+        common = {k: v for k, v in p.items() if k not in ("model", "reciprocal", "seed", "output_dir")}
+        shared = shared or common
+        assert common == shared, f"{name} does not use the shared recipe"
+    assert shared["val_dataset"] == "none", "the test pairs must not be used while training"
+
+
+def load_params_from_text(text):
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "p.yaml").write_text(text)
+        return load_params(Path(d) / "p.yaml")
+
+
+def test_train_checkpoint_end_to_end_tiny(tmp_path):
+    info = ck.train_checkpoint("sisr_rec_seed0", root=tmp_path, iterations=2, log_every=1,
+                               output_dir=str(tmp_path / "run"), progress=False, lr_milestones=[1])
+    folder = tmp_path / "sisr_rec_seed0"
+    assert info["iterations"] == 2 and info["overrides"]["iterations"] == 2
+    assert (folder / "train_log.csv").read_text().count("\n") == 3  # header + 2 steps
+    assert load_params(folder / "params.yaml")["model"] == "sisr"
+    model = ck.load_checkpoint("sisr_rec_seed0", root=tmp_path)
+    assert model(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------- shipped files
+def _present():
+    return [n for n in ck.checkpoint_names() if (SHIPPED / n / "model.pt").is_file()]
+
+
+def test_every_checkpoint_ships_within_the_size_limits():
+    missing = [n for n in ck.checkpoint_names() if n not in _present()]
+    assert not missing, f"checkpoints missing: {missing}; train them with python scripts/train_checkpoints.py"
+    sizes = {n: (SHIPPED / n / "model.pt").stat().st_size for n in _present()}
+    assert max(sizes.values()) <= 5_000_000, sizes
+    total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert total <= 40_000_000, f"checkpoints/ holds {total / 1e6:.1f} MB (limit 40 MB)"
+
+
+@pytest.mark.parametrize("name", ck.checkpoint_names())
+def test_shipped_checkpoint_is_complete_and_checksummed(name):
+    folder = SHIPPED / name
+    if not (folder / "model.pt").is_file():
+        pytest.fail(f"{folder} is missing; train it with python scripts/train_checkpoints.py {name}")
+    info = json.loads((folder / "info.json").read_text())
+    assert info["sha256"] == ck.sha256_file(folder / "model.pt")
+    assert (folder / "params.yaml").read_text() == ck.params_text(name), "params.yaml is not the recipe's"
+    data = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    assert data["format"] == ck.FORMAT
+    rows = (folder / "train_log.csv").read_text().strip().splitlines()
+    assert int(rows[-1].split(",")[0]) == info["iterations"] == load_params(folder / "params.yaml")["iterations"]
+
+
+@pytest.mark.parametrize("name", ["rrsr_rec_seed0", "c2_rec_seed0", "ttsr_rec_seed0"])
+def test_shipped_checkpoint_loads_and_runs(name):
+    if not (SHIPPED / name / "model.pt").is_file():
+        pytest.fail(f"{name} is missing; train it with python scripts/train_checkpoints.py {name}")
+    model = ck.load_checkpoint(name)
+    with torch.no_grad():
+        sr = model(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32))
+    assert sr.shape == (1, 3, 32, 32) and 0 <= sr.min() and sr.max() <= 1
+
+
+def test_a_copied_checkpoint_folder_loads_from_another_root(tmp_path):
+    name = "sisr_plain_seed0"
+    if not (SHIPPED / name / "model.pt").is_file():
+        pytest.fail(f"{name} is missing")
+    shutil.copytree(SHIPPED / name, tmp_path / name)
+    a, b = ck.load_checkpoint(name), ck.load_checkpoint(name, root=tmp_path)
+    x, r = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x, r), b(x, r), rtol=0, atol=0)
