@@ -5,7 +5,8 @@ Output widget used wrongly, a callback that raises where nobody sees it). This t
 free loopback port with a random token, opens each explorer notebook in headless Chromium driven by
 Playwright, runs all cells, checks that widgets render and that no cell shows an error, moves a slider
 and checks that the explorer's output changes. A screenshot of each explorer goes to
-tests/browser/screenshots/ (git-ignored) and, as ``<notebook>_explorer.png``, to the figures folder.
+tests/browser/screenshots/ (git-ignored) and, as ``<notebook>_jupyterlab.png``, to the figures folder (the notebooks' own
+``<notebook>_explorer.png`` is the static figure of the default state; the two must not share a name).
 
 Skipped with a one-line reason where Chromium or Playwright is missing (``.ci/run`` installs Chromium).
 """
@@ -52,7 +53,13 @@ def lab(tmp_path_factory):
     # JupyterLab autosaves what it runs: serve a copy, so the committed notebooks never get outputs.
     served = tmp_path_factory.mktemp("served") / "notebooks"
     shutil.copytree(ROOT / "notebooks", served)
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # user settings of this server only: no "get notified about Jupyter news?" toast over the screenshots
+    settings = tmp_path_factory.mktemp("lab-settings")
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), JUPYTERLAB_SETTINGS_DIR=str(settings),
+               MPLBACKEND="module://matplotlib_inline.backend_inline")
     log = open(runtime / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -160,7 +167,7 @@ def test_explorer_renders_and_reacts(lab, browser, name):
         assert after != before, f"{name}: moving the slider changed nothing in the explorer's output"
         page.wait_for_timeout(1500)
         _assert_no_errors(page, name)
-        shot = SHOTS / f"{name[:-6]}_explorer.png"
+        shot = SHOTS / f"{name[:-6]}_jupyterlab.png"
         page.locator(".jupyter-widgets").first.locator("xpath=ancestor::div[contains(@class,'jp-Cell')][1]").screenshot(path=str(shot))
         shutil.copy(shot, figures_dir() / shot.name)
         assert not errors, f"{name}: JavaScript errors in the page: {errors[:3]}"
