@@ -109,3 +109,44 @@ def test_pair_windows_refuse_bad_sizes():
         PairWindows(base, window=30)
     with pytest.raises(InputError, match="smaller than the window"):
         PairWindows(base, window=400)[0]
+
+
+def _write_png(path, rng, size=(48, 40)):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_evaluate_reads_every_public_layout_and_names_the_reference(tmp_path):
+    """CUFED5 (one level, each level, stitched), WR-SR, Sun80, Urban100 and Manga109, in their usual layouts."""
+    from rrsr_lib.data import CUFED5, WRSR, Manga109, Sun80, Urban100
+
+    rng = np.random.default_rng(0)
+    for g in ("000", "001"):
+        for level in range(6):
+            _write_png(tmp_path / "CUFED5" / f"{g}_{level}.png", rng)
+    _write_png(tmp_path / "WR-SR" / "input" / "a.png", rng)
+    _write_png(tmp_path / "WR-SR" / "ref" / "a.png", rng)
+    _write_png(tmp_path / "Sun80" / "Sun_Hays_SR_groundtruth" / "s.png", rng)
+    _write_png(tmp_path / "Sun80" / "Sun_Hays_SR_scenematches" / "s" / "m2.png", rng)
+    _write_png(tmp_path / "Sun80" / "Sun_Hays_SR_scenematches" / "s" / "m1.png", rng)
+    _write_png(tmp_path / "Urban100" / "u.png", rng)
+    _write_png(tmp_path / "Manga109" / "m.png", rng)
+    cases = [
+        (CUFED5(tmp_path / "CUFED5", mode="level", level=3), {"level-3"}, 2),
+        (CUFED5(tmp_path / "CUFED5", mode="each"), {f"level-{i}" for i in range(1, 6)}, 10),
+        (CUFED5(tmp_path / "CUFED5", mode="stitched"), {"stitched"}, 2),
+        (WRSR(tmp_path / "WR-SR"), {"pair"}, 1),
+        (Sun80(tmp_path / "Sun80"), {"chosen"}, 1),
+        (Urban100(tmp_path / "Urban100"), {"self-lr"}, 1),
+        (Manga109(tmp_path / "Manga109"), {"self-lr"}, 1),
+    ]
+    for data, references, n in cases:
+        rows = evaluate(Bicubic(), data, "bicubic", type(data).__name__, progress=False)
+        assert len(rows) == 2 * n, type(data).__name__
+        assert {r["reference"] for r in rows} == references, type(data).__name__
+        for r in rows:   # every row equals the metric computed directly on the same item
+            hr = to_uint8(next(data[i] for i in range(len(data)) if data[i]["name"] == r["name"])["hr"])
+            crop = 4 if r["metric"] == "y_crop4" else 0
+            assert r["psnr_y"] == pytest.approx(psnr(upsample_lr(bicubic_downsample(hr)), hr, crop_border=crop), abs=1e-9)
+    assert Sun80(tmp_path / "Sun80")[0]["ref_file"] == "m1.png"   # the documented choice: first in sorted order
