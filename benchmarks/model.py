@@ -39,10 +39,12 @@ def _child(task: str, path: str, config: str, batch: int, repeats: int, threads:
 
     sys.path.insert(0, str(ROOT))
     from rrsr_lib.alignment import deform_path
-    from rrsr_lib.device import seed_everything
+    from rrsr_lib.device import keep_freed_cpu_memory, seed_everything
     from rrsr_lib.models import build_model, count_parameters
 
     torch.set_num_threads(threads)
+    # as rrsr_lib.train does on the CPU: freed memory is reused, not mapped and zeroed again every step
+    keep_freed_cpu_memory()
     seed_everything(0)
     model = build_model("rrsr", config)
     rss_model_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
