@@ -347,7 +347,6 @@ def _match_block(strip, strip_norm, rblk, inv_blk, best, best_idx, k, m, v0, u0,
         torch.add(s[:, :, 0:lt], s[:, :, dx:dx + lt], out=t_new)
         for b in range(2, k):
             t_new += s[:, :, b * dx:b * dx + lt]
-        del s
         filled += n
         n_out = filled - (k - 1)
         if n_out <= 0:

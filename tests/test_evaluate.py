@@ -9,6 +9,7 @@ from rrsr_lib.data import EmbeddedTestPairs
 from rrsr_lib.degradation import bicubic_downsample, to_uint8, upsample_lr
 from rrsr_lib.errors import InputError
 from rrsr_lib.evaluate import Bicubic, LevelPairs, PairWindows, evaluate, summarize, tiled_forward, write_json
+from rrsr_lib.images import save_png
 from rrsr_lib.metrics import psnr
 
 
@@ -111,10 +112,8 @@ def test_pair_windows_refuse_bad_sizes():
         PairWindows(base, window=400)[0]
 
 
-def _write_png(path, rng, size=(48, 40)):
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+def _write_png(path, rng):
+    save_png(path, rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
 
 
 def test_evaluate_reads_every_public_layout_and_names_the_reference(tmp_path):
