@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from rrsr_lib.data import EmbeddedTestPairs
 from rrsr_lib.errors import InputError
-from rrsr_lib.matching import (BlockPlan, match_coarse_to_fine, match_patches, match_patches_naive, plan_blocks,
+from rrsr_lib.matching import (BlockPlan, _speed_knobs, match_coarse_to_fine, match_patches, match_patches_naive, plan_blocks,
                                normalize_pixels)
 from rrsr_lib.vgg import VGGFeatures
 
@@ -95,13 +95,14 @@ def test_results_do_not_depend_on_blocking_or_budget(real_features):
     ref_idx, ref_score = match_patches(fi, fr, memory_budget_mb=512)
     assert plan_blocks(2, 256, 30, 40, 30, 40, memory_budget_mb=2).bv < 28  # a small budget cuts the reference
     for kwargs in [dict(memory_budget_mb=2), dict(plan=BlockPlan(1, 40, 50, 50, 50, 0, 0)),
-                   dict(plan=BlockPlan(2, 5, 19, 9, 17, 0, 0))]:
+                   dict(plan=BlockPlan(2, 5, 19, 9, 17, 0, 0)), dict(plan=BlockPlan(2, 5, 19, 9, 17, 0, 0, ring_groups=1)),
+                   dict(plan=plan_blocks(2, 256, 30, 40, 30, 40, **_speed_knobs(torch.device("cuda"), 512)))]:
         idx, score = match_patches(fi, fr, **kwargs)
         torch.testing.assert_close(score, ref_score, atol=1e-6, rtol=0)
         assert (idx != ref_idx).float().mean() < 0.01
     # tiny blocks (one patch row / column each way), on a crop
     ci, cr = fi[:, :, :9, :10], fr[:, :, :8, :11]
-    for plan in [BlockPlan(1, 1, 1, 1, 1, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0)]:
+    for plan in [BlockPlan(1, 1, 1, 1, 1, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0, 1)]:
         idx, score = match_patches(ci, cr, plan=plan)
         assert_same_matches(ci, cr, idx, score)
 
@@ -216,3 +217,27 @@ def test_explorer_view_agrees_with_the_matcher(real_features):
     plt.close("all")
     with pytest.raises(InputError):
         match_view(fi, fr, 28, 0)
+
+
+def test_half_precision_features_are_matched_in_float32_even_under_autocast():
+    # mixed-precision training hands the matcher bfloat16 features from inside autocast; it must neither fail
+    # nor match in bfloat16: the result is that of the same values in float32
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 32, 11, 13, generator=g).bfloat16()
+    r = torch.randn(2, 32, 12, 9, generator=g).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        idx, score = match_patches(x, r)
+    ref_idx, ref_score = match_patches_naive(x.float(), r.float())
+    assert score.dtype == torch.float32
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(score, ref_score, rtol=0, atol=1e-5)
+
+
+def test_cuda_blocking_grows_to_the_budget_and_stays_under_it():
+    # the CUDA knobs (no cache to fit: big blocks, 16 rows per matmul, a one-group ring) respect the budget
+    for budget in (32, 512):
+        plan = plan_blocks(1, 256, 83, 125, 83, 125, memory_budget_mb=budget, **_speed_knobs(torch.device("cuda"), budget))
+        assert plan.total_bytes <= budget * 2 ** 20 and plan.ring_groups == 1
+    cpu = plan_blocks(1, 256, 83, 125, 83, 125, **_speed_knobs(torch.device("cpu"), 512))
+    cuda = plan_blocks(1, 256, 83, 125, 83, 125, **_speed_knobs(torch.device("cuda"), 512))
+    assert cuda.rows * cuda.bv > 4 * cpu.rows * cpu.bv   # far fewer, larger blocks
