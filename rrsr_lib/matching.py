@@ -155,7 +155,10 @@ class BlockPlan:
     input into column strips of bx patch columns; the input's pixel rows are streamed through each
     block ``rows`` at a time. ``block_bytes`` is the planned peak of the temporaries of one block,
     ``fixed_bytes`` what lives for the whole call (normalised copies, norms, running maxima);
-    their sum stays under the memory budget.
+    their sum stays under the memory budget. ``reuse``: where the reference is cut into row blocks only
+    (bu covers its width), consecutive blocks share k-1 reference rows, and each block hands the pixel
+    similarities of those rows on to the next instead of multiplying them again; ``ring_groups``: see
+    :func:`_match_block`.
     """
     bb: int
     rows: int
@@ -165,14 +168,18 @@ class BlockPlan:
     block_bytes: int
     fixed_bytes: int
     ring_groups: int = 8
+    reuse: bool = True
 
     @property
     def total_bytes(self) -> int:
         return self.block_bytes + self.fixed_bytes
 
 
-def _block_bytes(bb, rows, bx, bv, bu, k, c, itemsize, ring_groups=8):
-    """Peak bytes of the temporaries of one block of :func:`match_patches` (see :func:`_match_block`'s buffers)."""
+def _block_bytes(bb, rows, bx, bv, bu, k, c, itemsize, ring_groups=8, carry_rows=0):
+    """Peak bytes of the temporaries of one block of :func:`match_patches` (see :func:`_match_block`'s buffers).
+
+    carry_rows: input pixel rows whose similarities against k-1 shared reference rows are handed from one
+    block to the next (two buffers); 0 where blocks share nothing."""
     slab = (bx + k - 1) * (bv + k - 1) * (bu + k - 1)  # pixel similarities of one input pixel row
     # the normalised reference block (and its raw slice while it is made), the normalised input rows
     ref = 2 * c * (bv + k - 1) * (bu + k - 1)
@@ -181,12 +188,14 @@ def _block_bytes(bb, rows, bx, bv, bu, k, c, itemsize, ring_groups=8):
     work = (3 * rows + k - 1 + rows * ring_groups) * slab
     # per input position: running maxima over u, then over v (values, int64 indices, masks)
     small = rows * bx * (bv + 8)
-    return bb * ((work + ref + inp) * itemsize + small * 8)
+    carry = 2 * carry_rows * (bx + k - 1) * (k - 1) * (bu + k - 1)
+    return bb * ((work + ref + inp + carry) * itemsize + small * 8)
 
 
 def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: int, ref_width: int,
                 patch_size: int = 3, memory_budget_mb: float = 512, itemsize: int = 4,
-                work_mb: float = 8, rows: int = 4, padded_copy: bool = False, ring_groups: int = 8) -> BlockPlan:
+                work_mb: float = 8, rows: int = 4, padded_copy: bool = False, ring_groups: int = 8,
+                reuse: bool = True) -> BlockPlan:
     """Choose the blocking of :func:`match_patches` so that its extra memory stays under the budget.
 
     height/width, ref_height/ref_width: sizes of the (padded, for 'same') feature maps.
@@ -201,7 +210,20 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
     for 8 rows with 29-row blocks (work_mb=64), the previous default, chosen under a load of 8 on 2
     cores, where fewer, larger operations had won. Blocks never exceed the budget.
     Raises InputError if not even the per-position arrays plus the smallest block fit the budget.
+    reuse: hand shared reference rows on between blocks (see :class:`BlockPlan`); its two buffers hold
+    every input row's similarities against k-1 reference rows, so where they would force the reference's
+    columns to be cut (very large images or small budgets) the plan goes without reuse instead.
     """
+    args = (batch, channels, height, width, ref_height, ref_width, patch_size, memory_budget_mb, itemsize,
+            work_mb, rows, padded_copy, ring_groups)
+    plan = _plan_blocks(*args, reuse=reuse)
+    if plan.reuse and plan.bu < ref_width - patch_size + 1:
+        plan = _plan_blocks(*args, reuse=False)
+    return plan
+
+
+def _plan_blocks(batch, channels, height, width, ref_height, ref_width, patch_size, memory_budget_mb, itemsize,
+                 work_mb, rows, padded_copy, ring_groups, reuse) -> BlockPlan:
     k, c = patch_size, channels
     h, w = height - k + 1, width - k + 1
     hr, wr = ref_height - k + 1, ref_width - k + 1
@@ -214,7 +236,8 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
     work = work_mb * _MIB
 
     def cost(bb, m, bx, bv, bu):
-        return _block_bytes(bb, m, bx, bv, bu, k, c, itemsize, ring_groups)
+        shared = reuse and bu >= wr and bv < hr
+        return _block_bytes(bb, m, bx, bv, bu, k, c, itemsize, ring_groups, height if shared else 0)
 
     m = max(1, min(rows, height))
     bx, bu, bv = w, wr, 1
@@ -235,13 +258,17 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
     slab_bytes = lambda bv_: (bx + k - 1) * (bv_ + k - 1) * (bu + k - 1) * itemsize * (4 * m + k - 1)
     while bv < hr and slab_bytes(bv + 1) <= work and cost(1, m, bx, bv + 1, bu) <= avail:
         bv += 1
-    # at least 4 rows per block when the budget allows it: below that the overlap costs more than it saves
-    while bv < min(hr, 4 * k) and cost(1, m, bx, bv + 1, bu) <= avail:
+    # a minimum block height when the budget allows it. Without reuse every block multiplies k-1 overlap
+    # rows again: below 4k rows that costs more than small blocks save. With reuse the overlap is copied,
+    # not multiplied, and what remains per block is that copy and the loop: measured at CUFED5 size (one
+    # thread, 4 input rows, 9 interleaved runs, median) 4/6/9/12-row blocks took 2.41/2.14/2.44/2.34 s
+    # on a noisy machine (a second run: 6 rows 2.13 s, 12 rows 2.30 s), so at least 2k.
+    while bv < min(hr, (2 if reuse else 4) * k) and cost(1, m, bx, bv + 1, bu) <= avail:
         bv += 1
     bb = 1
     while bb < batch and slab_bytes(bv) * (bb + 1) <= work and cost(bb + 1, m, bx, bv, bu) <= avail:
         bb += 1
-    return BlockPlan(bb, m, bx, bv, bu, cost(bb, m, bx, bv, bu), fixed, ring_groups)
+    return BlockPlan(bb, m, bx, bv, bu, cost(bb, m, bx, bv, bu), fixed, ring_groups, reuse)
 
 
 def _speed_knobs(device: torch.device, memory_budget_mb: float) -> dict:
@@ -256,7 +283,9 @@ def _speed_knobs(device: torch.device, memory_budget_mb: float) -> dict:
     matrix 9.4 ms (574 MiB).
     """
     if device.type == "cuda":
-        return {"rows": 16, "work_mb": memory_budget_mb, "ring_groups": 1}
+        # no reuse of shared rows: at CUFED5 size the whole reference is one block, and the timings above
+        # were measured without it
+        return {"rows": 16, "work_mb": memory_budget_mb, "ring_groups": 1, "reuse": False}
     return {}
 
 
@@ -319,7 +348,8 @@ def _shift_sum(s: torch.Tensor, k: int, by: int, bx: int, bv: int, bu: int) -> t
     return p
 
 
-def _match_block(strip, strip_norm, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_groups=8):
+def _match_block(strip, strip_norm, rblk, inv_blk, best, best_idx, k, m, v0, u0, wr, ring_groups=8,
+                 carry_in=None, carry_out=None):
     """Stream all input pixel rows of one (sample, input-column, reference) block; update the running best.
 
     strip: [bb, C, H, X'] raw input features of the column strip (X' = bx + k - 1); each group of rows is
@@ -329,6 +359,9 @@ def _match_block(strip, strip_norm, rblk, inv_blk, best, best_idx, k, m, v0, u0,
     best, best_idx: [bb, h, bx] running maximum and its global index (views, updated in place).
     m: input pixel rows per matmul; ring_groups: how many groups the ring of column-summed rows holds
     before its last k-1 rows are moved back to the front.
+    carry_in: [bb, H, X', k-1, U'] the pixel similarities of every input row against this block's first k-1
+    reference rows, kept by the previous block (its last k-1 rows); rblk then holds only the other rows.
+    carry_out: a buffer of that shape that receives this block's last k-1 rows for the next block.
 
     Flat-index trick: in the similarity slab of one input pixel row, laid out [X', V', U'] and flattened,
     moving one pixel right in both the input and the reference is a constant step Dx = V'*U' + 1, and one
@@ -366,7 +399,16 @@ def _match_block(strip, strip_norm, rblk, inv_blk, best, best_idx, k, m, v0, u0,
         # the input rows, normalised per pixel, as [bb, C, n*X'] (no transposition: the matmul reads it transposed)
         a = abuf[:, :, :n * xx].view(bb, c, n, xx)
         torch.div(strip[:, :, y0:y0 + n], strip_norm[:, None, y0:y0 + n], out=a)
-        s = torch.bmm(a.view(bb, c, n * xx).transpose(1, 2), rblk, out=sbuf[:, :n * xx]).view(bb, n, slab)
+        s4 = sbuf[:, :n * xx].view(bb, n * xx, vv, uu)
+        if carry_in is None:
+            torch.bmm(a.view(bb, c, n * xx).transpose(1, 2), rblk, out=sbuf[:, :n * xx])
+        else:
+            # the first k-1 reference rows were multiplied by the previous block: copy, and multiply the rest
+            s4[:, :, :k - 1].copy_(carry_in[:, y0:y0 + n].reshape(bb, n * xx, k - 1, uu))
+            torch.bmm(a.view(bb, c, n * xx).transpose(1, 2), rblk, out=s4[:, :, k - 1:].flatten(2))
+        if carry_out is not None:
+            carry_out[:, y0:y0 + n].copy_(s4[:, :, vv - k + 1:].reshape(bb, n, xx, k - 1, uu))
+        s = sbuf[:, :n * xx].view(bb, n, slab)
         # T[y', x, v', u] = sum_b S[y', x+b, v', u+b]  (column shifts: flat steps of Dx)
         t_new = ring[:, start + filled:start + filled + n, :lt]
         torch.add(s[:, :, 0:lt], s[:, :, dx:dx + lt], out=t_new)
@@ -447,16 +489,25 @@ def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: 
             for x0 in range(0, w, plan.bx):
                 x1 = min(w, x0 + plan.bx)
                 strip = x[b0:b1, :, :, x0:x1 + k - 1]
-                for v0 in range(0, hr, plan.bv):
+                # one reference column block: consecutive row blocks share k-1 reference rows, whose pixel
+                # similarities the previous block hands on instead of multiplying them again
+                carry = None
+                if plan.reuse and plan.bu >= wr and plan.bv < hr:
+                    carry = [torch.empty(b1 - b0, hh, x1 - x0 + k - 1, k - 1, wrr, dtype=x.dtype, device=x.device)
+                             for _ in range(2)]
+                for j, v0 in enumerate(range(0, hr, plan.bv)):
                     v1 = min(hr, v0 + plan.bv)
+                    c_in = carry[(j + 1) % 2] if carry is not None and j > 0 else None
+                    c_out = carry[j % 2] if carry is not None and v1 < hr else None
+                    vs = v0 + k - 1 if c_in is not None else v0
                     for u0 in range(0, wr, plan.bu):
                         u1 = min(wr, u0 + plan.bu)
-                        # the reference block, normalised per pixel: [bb, C, V'*U']
-                        rblk = (r[b0:b1, :, v0:v1 + k - 1, u0:u1 + k - 1]
-                                / ref_pix_norm[b0:b1, None, v0:v1 + k - 1, u0:u1 + k - 1]).reshape(b1 - b0, c, -1)
+                        # the reference block (its new rows), normalised per pixel: [bb, C, rows*U']
+                        rblk = (r[b0:b1, :, vs:v1 + k - 1, u0:u1 + k - 1]
+                                / ref_pix_norm[b0:b1, None, vs:v1 + k - 1, u0:u1 + k - 1]).reshape(b1 - b0, c, -1)
                         _match_block(strip, in_pix_norm[b0:b1, :, x0:x1 + k - 1], rblk, inv_ref[b0:b1, v0:v1, u0:u1],
                                      best[b0:b1, :, x0:x1], best_idx[b0:b1, :, x0:x1], k, plan.rows, v0, u0, wr,
-                                     plan.ring_groups)
+                                     plan.ring_groups, c_in, c_out)
                         del rblk
         score = best / (in_norm + NORM_EPS)
     return best_idx, score

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from rrsr_lib.data import EmbeddedTestPairs
 from rrsr_lib.errors import InputError
-from rrsr_lib.matching import (BlockPlan, _speed_knobs, match_coarse_to_fine, match_patches, match_patches_naive, plan_blocks,
+from rrsr_lib.matching import (BlockPlan, _block_bytes, _speed_knobs, match_coarse_to_fine, match_patches, match_patches_naive, plan_blocks,
                                normalize_pixels)
 from rrsr_lib.vgg import VGGFeatures
 
@@ -96,13 +96,15 @@ def test_results_do_not_depend_on_blocking_or_budget(real_features):
     assert plan_blocks(2, 256, 30, 40, 30, 40, memory_budget_mb=2).bv < 28  # a small budget cuts the reference
     for kwargs in [dict(memory_budget_mb=2), dict(plan=BlockPlan(1, 40, 50, 50, 50, 0, 0)),
                    dict(plan=BlockPlan(2, 5, 19, 9, 17, 0, 0)), dict(plan=BlockPlan(2, 5, 19, 9, 17, 0, 0, ring_groups=1)),
+                   dict(plan=BlockPlan(1, 4, 38, 5, 38, 0, 0, reuse=True)), dict(plan=BlockPlan(1, 4, 38, 5, 38, 0, 0, reuse=False)),
                    dict(plan=plan_blocks(2, 256, 30, 40, 30, 40, **_speed_knobs(torch.device("cuda"), 512)))]:
         idx, score = match_patches(fi, fr, **kwargs)
         torch.testing.assert_close(score, ref_score, atol=1e-6, rtol=0)
         assert (idx != ref_idx).float().mean() < 0.01
     # tiny blocks (one patch row / column each way), on a crop
     ci, cr = fi[:, :, :9, :10], fr[:, :, :8, :11]
-    for plan in [BlockPlan(1, 1, 1, 1, 1, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0, 1)]:
+    for plan in [BlockPlan(1, 1, 1, 1, 1, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0), BlockPlan(2, 3, 2, 1, 4, 0, 0, 1),
+                 BlockPlan(2, 3, 8, 1, 9, 0, 0), BlockPlan(1, 2, 8, 2, 9, 0, 0, 8, False)]:
         idx, score = match_patches(ci, cr, plan=plan)
         assert_same_matches(ci, cr, idx, score)
 
@@ -241,3 +243,15 @@ def test_cuda_blocking_grows_to_the_budget_and_stays_under_it():
     cpu = plan_blocks(1, 256, 83, 125, 83, 125, **_speed_knobs(torch.device("cpu"), 512))
     cuda = plan_blocks(1, 256, 83, 125, 83, 125, **_speed_knobs(torch.device("cuda"), 512))
     assert cuda.rows * cuda.bv > 4 * cpu.rows * cpu.bv   # far fewer, larger blocks
+
+
+def test_shared_reference_rows_are_handed_on_only_where_they_fit():
+    # CUFED5 size: row blocks over the whole reference width, shared rows handed on (their buffers counted)
+    plan = plan_blocks(1, 256, 83, 125, 83, 125)
+    assert plan.reuse and plan.bu == 123 and plan.bv < 81
+    # the two hand-on buffers (83 input rows x 125 columns x 2 shared rows x 125 reference columns) are planned
+    without = _block_bytes(1, plan.rows, 123, plan.bv, 123, 3, 256, 4, plan.ring_groups, carry_rows=0)
+    assert plan.block_bytes - without == 2 * 83 * 125 * 2 * 125 * 4
+    # where the hand-on buffers would force the reference's columns to be cut, the plan goes without them
+    big = plan_blocks(1, 256, 600, 600, 600, 600, memory_budget_mb=512)
+    assert not big.reuse and big.total_bytes <= 512 * 2 ** 20
