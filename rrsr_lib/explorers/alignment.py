@@ -20,6 +20,7 @@ import torch
 
 from ..alignment import TAPS, tap_positions
 from ..errors import InputError
+from . import show_explorer
 
 SCALES = (1, 2, 4)
 
@@ -153,24 +154,14 @@ def draw_alignment(state: dict, fy: float = 0.5, fx: float = 0.5, window: int = 
 def alignment_explorer(state: dict, window: int = 12):
     """ipywidgets explorer: sliders for the point (fractions of height and width) and a scale dropdown."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     fy = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="y (fraction)", continuous_update=False)
     fx = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="x (fraction)", continuous_update=False)
     scale = widgets.Dropdown(options=[(f"x{s}", s) for s in sorted(state)], value=sorted(state)[0], description="scale")
-    out = widgets.Output()
 
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-            _draw_scale(axes[0], axes[1], state, tap_view(state, fy.value, fx.value, scale.value), window)
-            fig.tight_layout()
-            plt.show()
+    def draw():
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+        _draw_scale(axes[0], axes[1], state, tap_view(state, fy.value, fx.value, scale.value), window)
+        fig.tight_layout()
 
-    for w in (fy, fx, scale):
-        w.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([fy, fx, scale]), out])
-    display(box)
-    return box
+    return show_explorer([fy, fx, scale], draw)

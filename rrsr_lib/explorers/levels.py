@@ -16,6 +16,7 @@ import torch
 from ..degradation import to_uint8
 from ..errors import InputError
 from ..metrics import psnr
+from . import show_explorer
 
 
 @torch.no_grad()
@@ -59,25 +60,15 @@ def draw_levels(model: Callable, pairs, image: int = 0, model_name: str = "model
 def levels_explorer(models: dict[str, Callable], pairs, device="cpu"):
     """ipywidgets explorer: a level slider (1-5), an image dropdown and a model dropdown."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     names = [pairs.names[i] for i in range(len(pairs) // 5)]
     level = widgets.IntSlider(value=1, min=1, max=5, description="level", continuous_update=False)
     image = widgets.Dropdown(options=list(zip(names, range(len(names)))), value=0, description="image")
     model = widgets.Dropdown(options=list(models), value=list(models)[0], description="model")
-    out = widgets.Output()
 
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
-            _draw_row(axes, level_view(models[model.value], pairs, image.value, level.value, device), model.value)
-            fig.tight_layout()
-            plt.show()
+    def draw():
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+        _draw_row(axes, level_view(models[model.value], pairs, image.value, level.value, device), model.value)
+        fig.tight_layout()
 
-    for w in (level, image, model):
-        w.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([level, image, model]), out])
-    display(box)
-    return box
+    return show_explorer([level, image, model], draw)

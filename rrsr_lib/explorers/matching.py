@@ -18,6 +18,7 @@ from matplotlib.patches import Rectangle
 
 from ..errors import InputError
 from ..matching import NORM_EPS, normalize_pixels, patch_norms
+from . import show_explorer
 
 
 @torch.no_grad()
@@ -109,7 +110,6 @@ def matching_explorer(features: dict, img_in: np.ndarray, img_ref: np.ndarray, s
     """ipywidgets explorer. features: name -> (feat_in [1,C,H,W], feat_ref [1,C,Hr,Wr]) for the same image pair
     (e.g. plain VGG and the contrastive student); sliders pick the input patch (y, x), a dropdown the features."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     if not features:
         raise InputError("matching_explorer needs at least one feature set")
@@ -118,18 +118,9 @@ def matching_explorer(features: dict, img_in: np.ndarray, img_ref: np.ndarray, s
     ys = widgets.IntSlider(value=y0, min=0, max=first.shape[2] - 3, description="y", continuous_update=False)
     xs = widgets.IntSlider(value=x0, min=0, max=first.shape[3] - 3, description="x", continuous_update=False)
     which = widgets.Dropdown(options=list(features), value=list(features)[0], description="features")
-    out = widgets.Output()
 
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fi, fr = features[which.value]
-            draw_match_view(match_view(fi, fr, ys.value, xs.value, top_k), img_in, img_ref, scale)
-            plt.show()
+    def draw():
+        fi, fr = features[which.value]
+        draw_match_view(match_view(fi, fr, ys.value, xs.value, top_k), img_in, img_ref, scale)
 
-    for wdg in (ys, xs, which):
-        wdg.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([ys, xs, which]), out])
-    display(box)
-    return box
+    return show_explorer([ys, xs, which], draw)

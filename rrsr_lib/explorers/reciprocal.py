@@ -21,6 +21,7 @@ from ..degradation import to_uint8
 from ..errors import InputError
 from ..metrics import psnr
 from ..reciprocal import RECIPROCAL_WEIGHT, WARP_SHIFT_PX, reciprocal_passes, warped_reference
+from . import show_explorer
 
 __all__ = ["reciprocal_view", "draw_reciprocal", "reciprocal_explorer"]
 
@@ -99,27 +100,17 @@ def reciprocal_explorer(model: Callable, dataset, device="cpu"):
     dataset: a training dataset whose items hold "lr", "ref", "hr" (e.g. rrsr_lib.data.EmbeddedTrainPairs).
     """
     import ipywidgets as widgets
-    from IPython.display import display
 
     index = widgets.IntSlider(value=0, min=0, max=len(dataset) - 1, description="sample", continuous_update=False)
     seed = widgets.IntSlider(value=0, min=0, max=99, description="warp seed", continuous_update=False)
     shift = widgets.FloatSlider(value=WARP_SHIFT_PX[1], min=0.0, max=40.0, step=1.0, description="max move px",
                                 continuous_update=False)
-    out = widgets.Output()
 
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(2, 5, figsize=(13, 5.8))
-            view = reciprocal_view(model, dataset[index.value], seed.value, shift.value,
-                                   min(WARP_SHIFT_PX[0], shift.value), device)
-            _draw(axes, view)
-            fig.tight_layout()
-            plt.show()
+    def draw():
+        fig, axes = plt.subplots(2, 5, figsize=(13, 5.8))
+        view = reciprocal_view(model, dataset[index.value], seed.value, shift.value,
+                               min(WARP_SHIFT_PX[0], shift.value), device)
+        _draw(axes, view)
+        fig.tight_layout()
 
-    for w in (index, seed, shift):
-        w.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox([index, seed, shift]), out])
-    display(box)
-    return box
+    return show_explorer([index, seed, shift], draw)
