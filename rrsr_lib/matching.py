@@ -19,7 +19,9 @@ Three implementations of the same definition live here:
   than the patch matrix) and summed along the 3x3 diagonal shifts. S is never held whole: the
   reference is cut into blocks of rows (and columns, for very wide images), the input's pixel rows
   are streamed through each block a few at a time, and a running maximum is kept, so that the
-  extra memory stays under ``memory_budget_mb`` whatever the image size.
+  extra memory stays under ``memory_budget_mb`` whatever the image size. Consecutive row blocks
+  share k-1 reference rows; their pixel similarities are handed from one block to the next rather
+  than multiplied twice. On CUDA the blocks are as large as the budget allows (fewer kernel launches).
 * :func:`match_coarse_to_fine` is MASA-SR's approximation for very large references: the centre
   patch of each input block takes its match from an exact matching of the pooled (coarser) maps,
   then all patches of the block search densely inside a window around that match. Not exact; its
