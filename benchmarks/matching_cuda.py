@@ -10,7 +10,7 @@ handed out during a call (max_memory_allocated minus what was allocated before i
 8/16/32 input rows per matmul grown to the 512 MiB budget with a one-group and an eight-group ring.
 Every candidate's indices are compared with the default's.
 
-Writes results/matching_benchmark_cuda.json. Exits with a message where no CUDA GPU is present.
+Writes results/matching_benchmark_cuda.json. Where no CUDA GPU is present it says so and does nothing.
 """
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "results" / "matching_benchmark_cuda.json"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        sys.exit("benchmarks/matching_cuda.py needs a CUDA GPU; on a CPU run benchmarks/matching.py")
+        # `make bench` runs every benchmark: on a machine without a GPU this one is skipped, not failed
+        print("benchmarks/matching_cuda.py: skipped, no CUDA GPU here (benchmarks/matching.py measures the CPU)")
+        return {}
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "repeats": args.repeats,
               "what": "median seconds per call and peak extra CUDA memory (MiB) of one call, random features"}
     for name, (c, h, w) in CASES.items():

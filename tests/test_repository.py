@@ -2,10 +2,13 @@
 import ast
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +67,18 @@ def test_notebook_has_one_annotated_parameters_cell_that_is_checked(path):
         if line.strip() and not line.lstrip().startswith("#"):
             assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
     assert "check_parameters(" in "".join(code[i + 1]["source"]), "the cell after parameters must check them"
+
+
+def test_benchmark_scripts_answer_help_and_the_cuda_one_skips_without_a_gpu(tmp_path):
+    # `make bench` runs every script in benchmarks/: each must at least parse its arguments, and the CUDA-only
+    # one must step aside (exit 0, nothing written) on a machine without a GPU instead of failing the target
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert {p.name for p in scripts} >= {"matching.py", "matching_cuda.py", "model.py", "train.py"}
+    for script in scripts:
+        done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage" in done.stdout, (script.name, done.stderr[-500:])
+    if not torch.cuda.is_available():
+        out = tmp_path / "m.json"
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "matching_cuda.py"), "--out", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "skipped, no CUDA GPU" in done.stdout and not out.exists()
