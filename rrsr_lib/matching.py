@@ -201,7 +201,8 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
     """Choose the blocking of :func:`match_patches` so that its extra memory stays under the budget.
 
     height/width, ref_height/ref_width: sizes of the (padded, for 'same') feature maps.
-    padded_copy: True for padding='same', whose zero-padded copies of both maps live for the whole call.
+    padded_copy: True where copies of both maps live for the whole call (padding='same' pads them with zeros,
+    half-precision inputs are converted to float32).
     work_mb, rows, ring_groups: speed knobs, independent of the budget. ``rows`` input pixel rows go through one
     matrix multiplication; the reference block grows until the streamed working set (the similarities
     of ``rows`` input rows against the block, the ring of column sums, the patch scores) reaches about
@@ -467,7 +468,8 @@ def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: 
     # keeps 8 significant bits, which would reorder near-equal patch scores and change the top-1
     with torch.no_grad(), _no_autocast(feat_input.device):
         x, r = feat_input, feat_ref
-        if x.dtype in (torch.float16, torch.bfloat16):
+        converted = x.dtype in (torch.float16, torch.bfloat16)
+        if converted:
             x, r = x.float(), r.float()
         if padding == "same":
             p = k // 2
@@ -477,7 +479,7 @@ def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: 
         h, w, hr, wr = hh - k + 1, ww - k + 1, hrr - k + 1, wrr - k + 1
         if plan is None:
             plan = plan_blocks(b, c, hh, ww, hrr, wrr, k, memory_budget_mb, x.element_size(),
-                               padded_copy=padding == "same", **_speed_knobs(x.device, memory_budget_mb))
+                               padded_copy=padding == "same" or converted, **_speed_knobs(x.device, memory_budget_mb))
         # 1 / (patch norm + 1e-5) of the per-pixel normalised maps: the authors normalise each reference
         # patch over its 9C values, and divide the input patch norm out at the end
         ref_pix_norm = _pixel_norms(r)                         # [B, Hr, Wr]
