@@ -207,11 +207,11 @@ def plan_blocks(batch: int, channels: int, height: int, width: int, ref_height: 
     matrix multiplication; the reference block grows until the streamed working set (the similarities
     of ``rows`` input rows against the block, the ring of column sums, the patch scores) reaches about
     ``work_mb``. Small blocks keep the matmul output and the shift sums in cache but mean more, smaller
-    tensor operations and more recomputed overlap rows ((bv+k-1)/bv). Measured at CUFED5 size (C=256,
-    125x83 against 125x83) on the idle 2-core machine, interleaved, 5 runs each, median: 4 rows with
-    12-row blocks (work_mb=8) took 2.11 s with one thread and 1.13 s with two, against 2.56 s and 1.52 s
-    for 8 rows with 29-row blocks (work_mb=64), the previous default, chosen under a load of 8 on 2
-    cores, where fewer, larger operations had won. Blocks never exceed the budget.
+    tensor operations (and, without ``reuse``, more recomputed overlap rows: (bv+k-1)/bv). Measured at
+    CUFED5 size (C=256, 125x83 against 125x83) on the idle 2-core machine before ``reuse`` existed,
+    interleaved, 5 runs each, median: 4 rows with 12-row blocks (work_mb=8) took 2.11 s with one thread
+    and 1.13 s with two, against 2.56 s and 1.52 s for 8 rows with 29-row blocks (work_mb=64). With
+    ``reuse`` the default becomes 6-row blocks (see the minimum below). Blocks never exceed the budget.
     Raises InputError if not even the per-position arrays plus the smallest block fit the budget.
     reuse: hand shared reference rows on between blocks (see :class:`BlockPlan`); its two buffers hold
     every input row's similarities against k-1 reference rows, so where they would force the reference's
@@ -281,9 +281,10 @@ def _speed_knobs(device: torch.device, memory_budget_mb: float) -> dict:
     that live rows are moved rarely), which keep the shift sums in cache. CUDA: there is no cache to fit
     and every row group costs about 15 kernel launches, so blocks grow to the budget, 16 input rows go
     through each matmul, and the ring holds one group (moving its k-1 live rows is one cheap copy there).
-    Measured on an H200 at CUFED5 size (C=256, 125x83 against 125x83), median of 7: 4/8/16/32/64 rows
-    with blocks grown to 512 MiB took 10.5/6.7/5.1/5.6/5.7 ms, the CPU blocking 72 ms, and the naive full
-    matrix 9.4 ms (574 MiB).
+    Measured on an H200 at CUFED5 size (C=256, 125x83 against 125x83), median of 7, blocks grown to the
+    512 MiB budget (benchmarks/matching_cuda.py, results/matching_benchmark_cuda.json): 8/16/32 rows took
+    9.3/5.5/6.0 ms with a one-group ring and 7.0/7.9/8.0 ms with eight groups (whose ring leaves room for
+    fewer reference rows per block); the CPU blocking 81 ms; the naive full matrix 9.4 ms and +575 MiB.
     """
     if device.type == "cuda":
         # no reuse of shared rows: at CUFED5 size the whole reference is one block, and the timings above
