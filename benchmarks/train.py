@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rrsr_lib import sampling_adjoint  # noqa: E402
 from rrsr_lib.data import EmbeddedTrainPairs  # noqa: E402
 from rrsr_lib.device import pick_device, seed_everything  # noqa: E402
 from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
@@ -48,9 +49,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared machine two threads mostly wait for each other)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--scatter", default="numba", choices=["numba", "aten"],
+                    help="CPU kernel for the reference gradient of pass 2 (rrsr_lib.sampling_adjoint): the "
+                         "numba one (default) or ATen's grid_sampler_2d_backward, to measure what it saves")
     ap.add_argument("--out", default=str(ROOT / "results" / "train_benchmark.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    sampling_adjoint.use_numba(args.scatter == "numba")
+    scatter = "numba" if sampling_adjoint.available() else "aten"
     seed_everything(0)
     device = pick_device(args.device)
     p = check_params(model=args.model, model_config=args.config, batch_size=args.batch, hr_patch=args.hr,
@@ -92,6 +98,7 @@ def main(argv=None) -> dict:
         "model": args.model, "config": args.config, "batch": args.batch, "hr_patch": args.hr, "lr_patch": args.hr // 4,
         "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "repeats": args.repeats,
+        "reference_gradient_kernel": scatter if device.type == "cpu" else "torchvision (CUDA path)",
         "plain_seconds": plain, "reciprocal_seconds": recip,
         "plain_median_s": statistics.median(plain), "reciprocal_median_s": statistics.median(recip),
         "ratio": statistics.median(recip) / statistics.median(plain),
@@ -104,7 +111,10 @@ def main(argv=None) -> dict:
     runs = json.loads(out.read_text()) if out.exists() else {}
     if "ratio" in runs:   # an older file with a single run
         runs = {}
-    runs[f"{args.model}_{args.config}_b{args.batch}_hr{args.hr}"] = result
+    key = f"{args.model}_{args.config}_b{args.batch}_hr{args.hr}"
+    if scatter == "aten" and device.type == "cpu":   # the before-and-after run of the reference gradient's kernel
+        key += "_aten"
+    runs[key] = result
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(runs, indent=2))
     os.replace(tmp, out)
