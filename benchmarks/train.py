@@ -10,6 +10,8 @@ measured and reported separately.
     .venv/bin/python benchmarks/train.py [--model rrsr] [--config small] [--batch 9] [--hr 160] [--repeats 3]
 
 Writes (updates) results/train_benchmark.json, one entry per "<model>_<config>_b<batch>_hr<hr>", and prints the ratio.
+With --scatter both, a third kind of step (reciprocal with ATen's kernel for the reference gradient) is interleaved
+too, so that the saving of rrsr_lib.sampling_adjoint is measured against its baseline in the same run.
 """
 from __future__ import annotations
 
@@ -49,16 +51,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared machine two threads mostly wait for each other)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--scatter", default="numba", choices=["numba", "aten"],
+    ap.add_argument("--scatter", default="numba", choices=["numba", "aten", "both"],
                     help="CPU kernel for the reference gradient of pass 2 (rrsr_lib.sampling_adjoint): the "
-                         "numba one (default) or ATen's grid_sampler_2d_backward, to measure what it saves")
+                         "numba one (default), ATen's grid_sampler_2d_backward, or both: a third interleaved "
+                         "kind of step, reciprocal with ATen's kernel, measures what the numba kernel saves")
     ap.add_argument("--out", default=str(ROOT / "results" / "train_benchmark.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sampling_adjoint.use_numba(args.scatter == "numba")
+    sampling_adjoint.use_numba(args.scatter != "aten")
     scatter = "numba" if sampling_adjoint.available() else "aten"
     seed_everything(0)
     device = pick_device(args.device)
+    compare = args.scatter == "both" and scatter == "numba" and device.type == "cpu"
     p = check_params(model=args.model, model_config=args.config, batch_size=args.batch, hr_patch=args.hr,
                      lr_patch=args.hr // 4, ref_size=args.hr, device=args.device, output_dir="/tmp/unused")
     trainer = Trainer(p, device=device)
@@ -70,8 +74,9 @@ def main(argv=None) -> dict:
     warp_seconds = (time.perf_counter() - t) / args.batch
     batch = _batch(items)
 
-    def timed(reciprocal: bool) -> tuple[float, float]:
-        trainer.p = dict(p, reciprocal=reciprocal)
+    def timed(kind: str) -> tuple[float, float]:
+        trainer.p = dict(p, reciprocal=kind != "plain")
+        sampling_adjoint.use_numba(kind != "reciprocal_aten" and scatter == "numba")
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -80,21 +85,27 @@ def main(argv=None) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - t0, time.process_time() - c0
 
-    timed(False), timed(True)  # warm-up (first calls allocate and pick kernels)
-    runs = {False: [], True: []}
+    kinds = ("plain", "reciprocal") + (("reciprocal_aten",) if compare else ())
+    for kind in kinds:   # warm-up (first calls allocate and pick kernels)
+        timed(kind)
+    runs = {kind: [] for kind in kinds}
     for _ in range(args.repeats):
-        for kind in (False, True):
+        for kind in kinds:
             runs[kind].append(timed(kind))
     # On a CPU the machine is shared with other work: the CPU time of this process (all its threads) is
     # far less disturbed by other processes than the wall time, so the CPU ratio is the measure there; on
     # CUDA the wall time (after synchronising) is.
     col = 0 if device.type == "cuda" else 1
-    plain = [r[col] for r in runs[False]]
-    recip = [r[col] for r in runs[True]]
+    plain = [r[col] for r in runs["plain"]]
+    recip = [r[col] for r in runs["reciprocal"]]
+    # the machine's speed drifts over minutes: the ratio within each repeat (steps seconds apart) is a second,
+    # drift-robust estimate next to the ratio of the medians
+    pairwise = [r / q for r, q in zip(recip, plain)]
     result = {
         "what": "seconds per training step (forward + backward + Adam), same batches, interleaved, median; "
                 + ("wall time" if col == 0 else "CPU time of this process (wall times listed too)"),
-        "plain_wall_seconds": [r[0] for r in runs[False]], "reciprocal_wall_seconds": [r[0] for r in runs[True]],
+        "plain_wall_seconds": [r[0] for r in runs["plain"]],
+        "reciprocal_wall_seconds": [r[0] for r in runs["reciprocal"]],
         "model": args.model, "config": args.config, "batch": args.batch, "hr_patch": args.hr, "lr_patch": args.hr // 4,
         "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "repeats": args.repeats,
@@ -102,10 +113,16 @@ def main(argv=None) -> dict:
         "plain_seconds": plain, "reciprocal_seconds": recip,
         "plain_median_s": statistics.median(plain), "reciprocal_median_s": statistics.median(recip),
         "ratio": statistics.median(recip) / statistics.median(plain),
+        "ratio_per_repeat": pairwise, "median_ratio_per_repeat": statistics.median(pairwise),
         "target_ratio": 2.1,
         "warp_seconds_per_sample_in_data_pipeline": warp_seconds,
     }
     result["meets_target"] = result["ratio"] <= 2.1
+    if compare:
+        aten = [r[col] for r in runs["reciprocal_aten"]]
+        result.update(reciprocal_aten_seconds=aten, reciprocal_aten_median_s=statistics.median(aten),
+                      ratio_aten=statistics.median(aten) / statistics.median(plain),
+                      median_ratio_per_repeat_aten=statistics.median(a / q for a, q in zip(aten, plain)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()) if out.exists() else {}
@@ -122,6 +139,12 @@ def main(argv=None) -> dict:
           f"plain {result['plain_median_s']:.2f} s/step, reciprocal {result['reciprocal_median_s']:.2f} s/step, "
           f"ratio {result['ratio']:.2f} (target <= 2.1); Ref_w + LR(Ref_w) in the data pipeline: "
           f"{1000 * warp_seconds:.0f} ms/sample")
+    within = ", ".join(f"{r:.2f}" for r in pairwise)
+    print(f"  ratio within each repeat: {within} (median {result['median_ratio_per_repeat']:.2f})")
+    if compare:
+        print(f"  reciprocal with ATen's reference-gradient kernel: {result['reciprocal_aten_median_s']:.2f} s/step, "
+              f"ratio {result['ratio_aten']:.2f} "
+              f"(within each repeat: median {result['median_ratio_per_repeat_aten']:.2f})")
     return result
 
 
