@@ -39,6 +39,8 @@ import logging
 
 import torch
 
+from .errors import InputError
+
 __all__ = ["available", "use_numba", "bilinear_input_grad"]
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def _build():
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def scatter(grad_samples, grid, grad_x, one, scale_x, scale_y, high_x, high_y, corner, weights):
         # grad_samples [G, C, Ho, Wo]; grid [G, Ho, Wo, 2] in [-1, 1] (x, y); grad_x [G, C, H, W], added to;
-        # corner int64 [G, Ho*Wo] and weights [G, Ho*Wo, 4]: scratch space filled by pass 1.
+        # corner int64 [Ho*Wo] and weights [Ho*Wo, 4]: scratch space that pass 1 fills for each group in turn.
         # one, scale_*, high_* have the tensors' dtype, so that float32 arithmetic stays float32 (as ATen's)
         n_groups, channels, h_out, w_out = grad_samples.shape
         height, width = grad_x.shape[2], grad_x.shape[3]
@@ -112,26 +114,26 @@ def _build():
                     so = one - n
                     x0 = int(fx)
                     y0 = int(fy)
-                    weights[g, s, 0] = so * e    # north-west corner (y0, x0)
-                    weights[g, s, 1] = so * w    # north-east (y0, x0 + 1)
-                    weights[g, s, 2] = n * e     # south-west (y0 + 1, x0)
-                    weights[g, s, 3] = n * w     # south-east (y0 + 1, x0 + 1)
+                    weights[s, 0] = so * e    # north-west corner (y0, x0)
+                    weights[s, 1] = so * w    # north-east (y0, x0 + 1)
+                    weights[s, 2] = n * e     # south-west (y0 + 1, x0)
+                    weights[s, 3] = n * w     # south-east (y0 + 1, x0 + 1)
                     if 0 <= x0 < width - 1 and 0 <= y0 < height - 1:
-                        corner[g, s] = y0 * width + x0
+                        corner[s] = y0 * width + x0
                     else:
                         # at the border: move the 2x2 window inside the map, keep each weight on its own
                         # pixel, and give corners outside the map weight 0 (zero padding)
                         cx = min(max(x0, 0), width - 2)
                         cy = min(max(y0, 0), height - 2)
-                        wt = (weights[g, s, 0], weights[g, s, 1], weights[g, s, 2], weights[g, s, 3])
+                        wt = (weights[s, 0], weights[s, 1], weights[s, 2], weights[s, 3])
                         for k in range(4):
-                            weights[g, s, k] = zero
+                            weights[s, k] = zero
                         for k in range(4):
                             yy = y0 + k // 2
                             xx = x0 + k % 2
                             if 0 <= yy < height and 0 <= xx < width:
-                                weights[g, s, (yy - cy) * 2 + (xx - cx)] = wt[k]
-                        corner[g, s] = cy * width + cx
+                                weights[s, (yy - cy) * 2 + (xx - cx)] = wt[k]
+                        corner[s] = cy * width + cx
                     s += 1
             # pass 2: channel by channel, grad_x[c, q] += S[s, q] * grad_samples[c, s]
             for c in range(channels):
@@ -139,11 +141,11 @@ def _build():
                 src = grad_samples[g, c].ravel()
                 for s in range(h_out * w_out):
                     v = src[s]
-                    q = corner[g, s]
-                    plane[q] += weights[g, s, 0] * v
-                    plane[q + 1] += weights[g, s, 1] * v
-                    plane[q + width] += weights[g, s, 2] * v
-                    plane[q + width + 1] += weights[g, s, 3] * v
+                    q = corner[s]
+                    plane[q] += weights[s, 0] * v
+                    plane[q + 1] += weights[s, 1] * v
+                    plane[q + width] += weights[s, 2] * v
+                    plane[q + width + 1] += weights[s, 3] * v
 
     _kernel = scatter
     return _kernel
@@ -163,27 +165,27 @@ def bilinear_input_grad(grad_samples: torch.Tensor, grid: torch.Tensor, out: tor
     n, c, h, w = out.shape
     for name, t in (("grad_samples", grad_samples), ("grid", grid), ("out", out)):
         if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
-            raise ValueError(f"bilinear_input_grad: {name} must be a contiguous float32/float64 CPU tensor, "
+            raise InputError(f"bilinear_input_grad: {name} must be a contiguous float32/float64 CPU tensor, "
                              f"got {t.dtype} on {t.device}, contiguous={t.is_contiguous()}")
         if t.dtype != out.dtype:
-            raise ValueError(f"bilinear_input_grad: {name} is {t.dtype} but out is {out.dtype}; use one dtype")
+            raise InputError(f"bilinear_input_grad: {name} is {t.dtype} but out is {out.dtype}; use one dtype")
     if grad_samples.shape[:2] != (n, c) or grid.shape != (n, *grad_samples.shape[2:], 2) or h < 2 or w < 2:
-        raise ValueError(f"bilinear_input_grad: shapes do not fit: grad_samples {tuple(grad_samples.shape)}, "
+        raise InputError(f"bilinear_input_grad: shapes do not fit: grad_samples {tuple(grad_samples.shape)}, "
                          f"grid {tuple(grid.shape)}, out {tuple(out.shape)} (want [N, C, Ho, Wo], "
                          f"[N, Ho, Wo, 2], [N, C, H>=2, W>=2])")
     import numpy as np
 
-    # pass 1's scratch: one corner index and 4 weights per sample position and group
     positions = grad_samples.shape[2] * grad_samples.shape[3]
-    corner = np.empty((n, positions), dtype=np.int64)
-    weights = np.empty((n, positions, 4), dtype=out.numpy().dtype)
     scalar = out.numpy().dtype.type
     arrays = (grad_samples.detach().numpy(), grid.detach().numpy(), out.detach().numpy())
     constants = (scalar(1), scalar((w - 1) / 2), scalar((h - 1) / 2), scalar(w + 1), scalar(h + 1))
 
     def run(lo: int, hi: int) -> None:
+        # pass 1's scratch, reused group after group: one corner index and 4 weights per sample position
+        corner = np.empty(positions, dtype=np.int64)
+        weights = np.empty((positions, 4), dtype=scalar)
         gs, gr, o = (a[lo:hi] for a in arrays)
-        _kernel(gs, gr, o, *constants, corner[lo:hi], weights[lo:hi])
+        _kernel(gs, gr, o, *constants, corner, weights)
 
     # threads: as many as torch uses, each on its own groups (a group writes only its own planes); the
     # kernel releases the GIL. One thread (the benchmarks' and the tests' setting) runs inline.
