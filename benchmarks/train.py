@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -74,16 +75,20 @@ def main(argv=None) -> dict:
     warp_seconds = (time.perf_counter() - t) / args.batch
     batch = _batch(items)
 
-    def timed(kind: str) -> tuple[float, float]:
+    def timed(kind: str) -> tuple[float, float, float, int]:
+        """(wall s, CPU s, of which system s, page faults) of one step."""
         trainer.p = dict(p, reciprocal=kind != "plain")
         sampling_adjoint.use_numba(kind != "reciprocal_aten" and scatter == "numba")
         if device.type == "cuda":
             torch.cuda.synchronize()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0, c0 = time.perf_counter(), time.process_time()
         trainer.step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0, time.process_time() - c0
+        t1, c1 = time.perf_counter(), time.process_time()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return t1 - t0, c1 - c0, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
 
     kinds = ("plain", "reciprocal") + (("reciprocal_aten",) if compare else ())
     for kind in kinds:   # warm-up (first calls allocate and pick kernels)
@@ -106,6 +111,12 @@ def main(argv=None) -> dict:
                 + ("wall time" if col == 0 else "CPU time of this process (wall times listed too)"),
         "plain_wall_seconds": [r[0] for r in runs["plain"]],
         "reciprocal_wall_seconds": [r[0] for r in runs["reciprocal"]],
+        # the kernel's share of the CPU time and the page faults: with rrsr_lib.device.keep_freed_cpu_memory
+        # (the Trainer turns it on) both should be ~0 after the warm-up, so the ratio is the steps' own work
+        "plain_system_seconds": [r[2] for r in runs["plain"]],
+        "reciprocal_system_seconds": [r[2] for r in runs["reciprocal"]],
+        "plain_page_faults": [r[3] for r in runs["plain"]],
+        "reciprocal_page_faults": [r[3] for r in runs["reciprocal"]],
         "model": args.model, "config": args.config, "batch": args.batch, "hr_patch": args.hr, "lr_patch": args.hr // 4,
         "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "repeats": args.repeats,
@@ -141,6 +152,9 @@ def main(argv=None) -> dict:
           f"{1000 * warp_seconds:.0f} ms/sample")
     within = ", ".join(f"{r:.2f}" for r in pairwise)
     print(f"  ratio within each repeat: {within} (median {result['median_ratio_per_repeat']:.2f})")
+    faults = sum(result["plain_page_faults"]) + sum(result["reciprocal_page_faults"])
+    system = sum(result["plain_system_seconds"]) + sum(result["reciprocal_system_seconds"])
+    print(f"  timed steps: {faults} page faults, {system:.2f} s in the kernel (system time)")
     if compare:
         print(f"  reciprocal with ATen's reference-gradient kernel: {result['reciprocal_aten_median_s']:.2f} s/step, "
               f"ratio {result['ratio_aten']:.2f} "

@@ -215,7 +215,8 @@ class _SampleModulateMultiply(torch.autograd.Function):
         need_x, need_grid, need_mask, need_w = ctx.needs_input_grad[:4]
         b, g, cg = xp.shape[:3]
         n = mask.shape[-1]
-        grad_xp = torch.zeros_like(xp) if need_x else None
+        # every sample's slice of the input gradient is written whole below (by either kernel): no zeroing pass
+        grad_xp = torch.empty_like(xp) if need_x else None
         grad_grid = torch.empty_like(grid) if need_grid else None
         grad_mask = torch.empty_like(mask) if need_mask else None
         grad_w2 = torch.zeros_like(w2) if need_w else None
@@ -246,7 +247,7 @@ class _SampleModulateMultiply(torch.autograd.Function):
             if need_x or need_grid:
                 gs = gc.mul_(mask[i]).view(g, cg, grid.shape[2], grid.shape[3])   # grid_sample's output layout
                 if numba_x:
-                    sampling_adjoint.bilinear_input_grad(gs, grid[i].contiguous(), grad_xp[i])
+                    sampling_adjoint.bilinear_input_grad(gs, grid[i].contiguous(), grad_xp[i], accumulate=False)
                 if aten_x or need_grid:
                     gx, gg = torch.ops.aten.grid_sampler_2d_backward(gs, xp[i], grid[i], 0, 0, True,
                                                                      [aten_x, need_grid])

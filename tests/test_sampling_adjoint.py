@@ -38,10 +38,11 @@ def _positions(n, h_out, w_out, height, width, dtype, gen):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("size", [(17, 17), (12, 9), (2, 3)])
-def test_input_grad_equals_aten(dtype, size):
+@pytest.mark.parametrize("c", [5, 8, 13])   # channels one at a time, in blocks of 8, and both
+def test_input_grad_equals_aten(dtype, size, c):
     gen = torch.Generator().manual_seed(1)
     height, width = size
-    n, c, h_out, w_out = 3, 5, 7, 11
+    n, h_out, w_out = 3, 7, 11
     x = torch.randn(n, c, height, width, generator=gen, dtype=dtype)
     grid = _positions(n, h_out, w_out, height, width, dtype, gen)
     grad_samples = torch.randn(n, c, h_out, w_out, generator=gen, dtype=dtype)
@@ -51,25 +52,29 @@ def test_input_grad_equals_aten(dtype, size):
     # it adds to `out`
     start = torch.randn_like(x)
     torch.testing.assert_close(bilinear_input_grad(grad_samples, grid, start.clone()), start + ours, **tol)
+    # or overwrites it: whatever `out` held (here NaN) is gone
+    fresh = bilinear_input_grad(grad_samples, grid, torch.full_like(x, float("nan")), accumulate=False)
+    assert torch.equal(fresh, ours)
 
 
-def test_one_sample_per_pixel_is_bit_identical_to_aten():
+@pytest.mark.parametrize("c", [3, 8])
+def test_one_sample_per_pixel_is_bit_identical_to_aten(c):
     # each pixel touched by one sample only: no sums of several terms, so ATen's formulas give the same bits
     gen = torch.Generator().manual_seed(2)
     height, width = 9, 9
     px = torch.tensor([0.3, 2.75, 5.0, 7.125], dtype=torch.float32)
     py = torch.tensor([0.6, 3.25, 6.5, -0.5], dtype=torch.float32)
     grid = torch.stack((px * 0.25 - 1, py * 0.25 - 1), dim=-1).view(1, 1, 4, 2)
-    grad_samples = torch.randn(1, 3, 1, 4, generator=gen)
-    x = torch.zeros(1, 3, height, width)
+    grad_samples = torch.randn(1, c, 1, 4, generator=gen)
+    x = torch.zeros(1, c, height, width)
     assert torch.equal(bilinear_input_grad(grad_samples, grid, torch.zeros_like(x)), _aten(grad_samples, x, grid))
 
 
 def test_threads_give_the_same_result():
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(8, 4, 33, 33, generator=gen)
+    x = torch.randn(8, 12, 33, 33, generator=gen)
     grid = _positions(8, 18, 16, 33, 33, torch.float32, gen)
-    grad_samples = torch.randn(8, 4, 18, 16, generator=gen)
+    grad_samples = torch.randn(8, 12, 18, 16, generator=gen)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -97,10 +102,11 @@ def test_bad_input_is_refused_with_a_clear_message():
         bilinear_input_grad(gs, grid, torch.zeros(2, 3, 1, 5))
 
 
-def test_deformable_convolution_gradients_do_not_depend_on_the_kernel():
+@pytest.mark.parametrize("groups", [4, 2])   # 6 channels per group (one at a time), 12 (a block of 8 and 4)
+def test_deformable_convolution_gradients_do_not_depend_on_the_kernel(groups):
     # the alignment path with the numba kernel against the same path with ATen's, every gradient
     gen = torch.Generator().manual_seed(4)
-    b, c, h, w, groups = 2, 16, 10, 13, 4
+    b, c, h, w = 2, 24, 10, 13
     x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
     offset = torch.randn(b, 2 * 9 * groups, h, w, generator=gen, dtype=torch.float64) * 3
     mask = torch.rand(b, 9 * groups, h, w, generator=gen, dtype=torch.float64)
