@@ -27,7 +27,8 @@ Two implementations of the same operator, chosen by ``path``:
   matrix multiplication with the kernel, one sample of the batch at a time. Same numbers (forward and
   gradients), about 4x faster than torchvision for one alignment unit on the CPU (forward + backward).
   When the sampled feature itself needs a gradient (reciprocal learning's pass 2, whose reference is SR),
-  that gradient comes from the numba kernel of rrsr_lib.sampling_adjoint, 3-5x faster than ATen's.
+  that gradient comes from the numba kernel of rrsr_lib.sampling_adjoint, 5-9x faster than ATen's
+  (benchmarks/sampling_adjoint.py).
 * ``"auto"`` (default): "sampling" on the CPU, "torchvision" on accelerators.
 
 Kink at integer positions: bilinear interpolation is not differentiable where a sampling coordinate
@@ -222,7 +223,7 @@ class _SampleModulateMultiply(torch.autograd.Function):
         grad_w2 = torch.zeros_like(w2) if need_w else None
         grad_bias = grad_out.sum(dim=(0, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
         # the input's gradient (needed only when the reference itself needs one: reciprocal pass 2) by the
-        # numba kernel of rrsr_lib.sampling_adjoint, 3-5x faster than ATen's CPU scatter, same sums
+        # numba kernel of rrsr_lib.sampling_adjoint, 5-9x faster than ATen's CPU scatter, same sums
         numba_x = (need_x and xp.device.type == "cpu" and xp.dtype in (torch.float32, torch.float64)
                    and grid.dtype == xp.dtype == grad_out.dtype and xp.is_contiguous() and sampling_adjoint.available())
         aten_x = need_x and not numba_x

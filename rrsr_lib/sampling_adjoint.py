@@ -7,8 +7,9 @@ alignment units sample. Bilinear sampling is linear in its input,
     samples[c, s] = sum_q S[s, q] * x[c, q]          (S: 4 bilinear weights per sample s, zero elsewhere)
 
 so its input gradient is the transpose,  grad_x[c, q] = sum_s S[s, q] * grad_samples[c, s]: a *scatter*
-of every sample's gradient onto the 4 pixels around its position. This is the only work that a reciprocal
-step does beyond two plain steps (a plain step's reference needs no gradient).
+of every sample's gradient onto the 4 pixels around its position. Besides the backward pass of the VGG texture
+layers on SR, this is the only work that a reciprocal step does beyond two plain steps (a plain step's
+reference needs no gradient).
 
 ATen's CPU kernel (``grid_sampler_2d_backward``) does that scatter scalar by scalar, all channels of a point
 before the next point, with masks and index arithmetic for every lane: at CUFED5-sized x4 features
