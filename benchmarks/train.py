@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from rrsr_lib import sampling_adjoint  # noqa: E402
 from rrsr_lib.data import EmbeddedTrainPairs  # noqa: E402
 from rrsr_lib.device import pick_device, seed_everything  # noqa: E402
+from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
 from rrsr_lib.train import Trainer, check_params  # noqa: E402
 
@@ -135,7 +135,6 @@ def main(argv=None) -> dict:
                       ratio_aten=statistics.median(aten) / statistics.median(plain),
                       median_ratio_per_repeat_aten=statistics.median(a / q for a, q in zip(aten, plain)))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()) if out.exists() else {}
     if "ratio" in runs:   # an older file with a single run
         runs = {}
@@ -143,9 +142,7 @@ def main(argv=None) -> dict:
     if scatter == "aten" and device.type == "cpu":   # the before-and-after run of the reference gradient's kernel
         key += "_aten"
     runs[key] = result
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(runs, indent=2))
-    os.replace(tmp, out)
+    write_json(runs, out)
     print(f"{args.model} ({args.config}), batch {args.batch}, LR {args.hr // 4}x{args.hr // 4}, {device}: "
           f"plain {result['plain_median_s']:.2f} s/step, reciprocal {result['reciprocal_median_s']:.2f} s/step, "
           f"ratio {result['ratio']:.2f} (target <= 2.1); Ref_w + LR(Ref_w) in the data pipeline: "

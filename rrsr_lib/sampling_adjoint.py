@@ -1,4 +1,4 @@
-"""The input gradient of bilinear sampling, computed channel by channel (the reciprocal pass's extra cost).
+"""The input gradient of bilinear sampling as a numba scatter (the reciprocal pass's extra cost on the CPU).
 
 Why this module exists. Reciprocal learning (rrsr_lib.reciprocal) does not detach SR: in pass 2 SR is the
 reference, so the loss must be differentiated with respect to the reference texture features that the
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -81,7 +82,6 @@ def _build():
     if _kernel is not None:
         return _kernel
     import numba
-    import numpy as np
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def corners_and_weights(grid_g, one, scale_x, scale_y, high_x, high_y, height, width, corner, weights):
@@ -230,8 +230,6 @@ def bilinear_input_grad(grad_samples: torch.Tensor, grid: torch.Tensor, out: tor
         raise InputError(f"bilinear_input_grad: shapes do not fit: grad_samples {tuple(grad_samples.shape)}, "
                          f"grid {tuple(grid.shape)}, out {tuple(out.shape)} (want [N, C, Ho, Wo], "
                          f"[N, Ho, Wo, 2], [N, C, H>=2, W>=2])")
-    import numpy as np
-
     positions = grad_samples.shape[2] * grad_samples.shape[3]
     scalar = out.numpy().dtype.type
     arrays = (grad_samples.detach().numpy(), grid.detach().numpy(), out.detach().numpy())
