@@ -154,3 +154,19 @@ def test_channels_last_reference_features_get_the_same_gradient():
         deform_conv_sampling(t, offset, mask, weight).square().sum().backward()
         grads.append(t.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_building_the_kernel_leaves_numbas_vectoriser_setting_as_it_was():
+    # the kernels are compiled with LLVM's SLP vectoriser switched on for them only; numba's global setting
+    # must be back to what it was (here forced to a sentinel) after a (re)build
+    numba = pytest.importorskip("numba")
+    config = numba.core.config
+    old_kernel, old_setting = sampling_adjoint._kernel, config.SLP_VECTORIZE
+    try:
+        sampling_adjoint._kernel = None
+        config.SLP_VECTORIZE = 0
+        kernel = sampling_adjoint._build()
+        assert config.SLP_VECTORIZE == 0
+        assert kernel is not None and sampling_adjoint._kernel is kernel
+    finally:
+        sampling_adjoint._kernel, config.SLP_VECTORIZE = old_kernel, old_setting
