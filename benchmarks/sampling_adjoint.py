@@ -6,8 +6,10 @@ of RRSR's training set-up (HR patch 160: x4 features 8 groups x 8 channels sampl
 positions on the 257 x 257 padded map, x2 8 x 16 on 129 x 129, x1 8 x 32 on 65 x 65), and for two kinds of
 positions, it times:
 
-* ``aten``: ``torch.ops.aten.grid_sampler_2d_backward(..., output_mask=[True, False])``, the baseline;
-* ``numba``: ``bilinear_input_grad(..., accumulate=False)``.
+* ``aten``: ``torch.ops.aten.grid_sampler_2d_backward(..., output_mask=[True, False])``, the baseline: the
+  gradient of the padded map, cropped to the feature's size x size;
+* ``numba``: ``bilinear_input_grad(..., accumulate=False, grid_size=padded)``: the feature's gradient only,
+  as rrsr_lib.alignment asks for it.
 
 Positions: "smooth" (offsets that vary slowly over the image) and "matched" (a flow that jumps from one
 LR pixel's 4x4 block to the next, as patch matching gives, plus small per-tap residuals). The kinds are
@@ -86,17 +88,23 @@ def main(argv=None) -> dict:
     cases = {}
     for scale, (cg, size) in SCALES.items():
         padded = _exact_size(size)
-        x = torch.randn(GROUPS, cg, padded, padded, generator=gen)
+        # the feature map (size x size) zero-padded to 2^k + 1, as rrsr_lib.alignment samples it
+        x = torch.zeros(GROUPS, cg, padded, padded)
+        x[..., :size, :size] = torch.randn(GROUPS, cg, size, size, generator=gen)
         grad_samples = torch.randn(GROUPS, cg, TAPS * size, size, generator=gen)
         for kind in ("smooth", "matched"):
             grid = _grid(kind, size, gen)
-            out = torch.empty_like(x)
+            out = torch.empty(GROUPS, cg, size, size)
 
             def aten():
-                return torch.ops.aten.grid_sampler_2d_backward(grad_samples, x, grid, 0, 0, True, [True, False])[0]
+                # ATen's kernel gives the padded map's gradient; the feature's is its top-left size x size part
+                gx = torch.ops.aten.grid_sampler_2d_backward(grad_samples, x, grid, 0, 0, True, [True, False])[0]
+                return gx[..., :size, :size]
 
             def numba():
-                return sampling_adjoint.bilinear_input_grad(grad_samples, grid, out, accumulate=False)
+                # what rrsr_lib.alignment asks for: the feature's gradient only, coordinates on the padded map
+                return sampling_adjoint.bilinear_input_grad(grad_samples, grid, out, accumulate=False,
+                                                            grid_size=(padded, padded))
 
             reference = aten().clone()
             err = (numba() - reference).abs().max().item() / reference.abs().max().item()
@@ -106,12 +114,12 @@ def main(argv=None) -> dict:
                 times["numba"].append(_cpu_seconds(numba))
             med = {k: statistics.median(v) for k, v in times.items()}
             cases[f"{scale}_{kind}"] = {
-                "groups": GROUPS, "channels_per_group": cg, "map": [padded, padded], "positions": TAPS * size * size,
+                "groups": GROUPS, "channels_per_group": cg, "map": [size, size], "padded_map": [padded, padded], "positions": TAPS * size * size,
                 "aten_seconds": times["aten"], "numba_seconds": times["numba"],
                 "aten_median_s": med["aten"], "numba_median_s": med["numba"],
                 "speedup": med["aten"] / med["numba"], "max_relative_difference": err,
             }
-            print(f"{scale} ({GROUPS}x{cg} channels, {padded}x{padded} map), {kind} positions: ATen "
+            print(f"{scale} ({GROUPS}x{cg} channels, {size}x{size} map padded to {padded}), {kind} positions: ATen "
                   f"{1000 * med['aten']:.1f} ms, numba {1000 * med['numba']:.1f} ms, "
                   f"{med['aten'] / med['numba']:.2f}x faster (max relative difference {err:.1e})")
     result = {

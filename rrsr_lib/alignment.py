@@ -27,7 +27,7 @@ Two implementations of the same operator, chosen by ``path``:
   matrix multiplication with the kernel, one sample of the batch at a time. Same numbers (forward and
   gradients), about 4x faster than torchvision for one alignment unit on the CPU (forward + backward).
   When the sampled feature itself needs a gradient (reciprocal learning's pass 2, whose reference is SR),
-  that gradient comes from the numba kernel of rrsr_lib.sampling_adjoint, 5-9x faster than ATen's
+  that gradient comes from the numba kernel of rrsr_lib.sampling_adjoint, 9-13x faster than ATen's
   (benchmarks/sampling_adjoint.py).
 * ``"auto"`` (default): "sampling" on the CPU, "torchvision" on accelerators.
 
@@ -146,18 +146,29 @@ def _exact_size(n: int) -> int:
     return 2 ** max(0, (n - 2).bit_length()) + 1 if n >= 2 else 2
 
 
-def _sampling_grid(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zero-padded input [B, G, C/G, Hp, Wp] and grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps."""
-    b, c, h, w = x.shape
+def _tap_grid(offset: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:
+    """grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps on the map zero-padded to Hp x Wp, and Hp, Wp."""
+    b = offset.shape[0]
     g = offset.shape[1] // (2 * TAPS)
-    py, px = tap_positions(offset, h, w)
-    hp, wp = _exact_size(h), _exact_size(w)
-    # zero rows/columns up to 2^k + 1: they read as "outside" (0), exactly like torchvision's border
-    xp = F.pad(x, (0, wp - w, 0, hp - h))
+    py, px = tap_positions(offset, height, width)
+    hp, wp = _exact_size(height), _exact_size(width)
     # grid_sample's align_corners=True coordinates: -1 is pixel 0, +1 is pixel size-1;
     # g = p * 2 / (size - 1) - 1 is exact for integer p because size - 1 is a power of two
     grid = torch.stack((px * (2.0 / (wp - 1)) - 1.0, py * (2.0 / (hp - 1)) - 1.0), dim=-1)
-    return xp.view(b, g, c // g, hp, wp), grid.view(b, g, TAPS * h, w, 2)
+    return grid.view(b, g, TAPS * height, width, 2), hp, wp
+
+
+def _pad_groups(x: torch.Tensor, groups: int, hp: int, wp: int) -> torch.Tensor:
+    """[B, C, H, W] -> zero-padded [B, G, C/G, Hp, Wp]: the extra rows/columns read as "outside" (0), exactly
+    like torchvision's border."""
+    b, c, h, w = x.shape
+    return F.pad(x, (0, wp - w, 0, hp - h)).view(b, groups, c // groups, hp, wp)
+
+
+def _sampling_grid(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zero-padded input [B, G, C/G, Hp, Wp] and grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps."""
+    grid, hp, wp = _tap_grid(offset, x.shape[2], x.shape[3])
+    return _pad_groups(x, grid.shape[1], hp, wp), grid
 
 
 def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -178,17 +189,20 @@ def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
 class _SampleModulateMultiply(torch.autograd.Function):
     """The sampling path for a batch, one sample at a time: taps (grid_sample), times masks, one matmul.
 
-    forward(xp [B, G, Cg, Hp, Wp], grid [B, G, 9H, W, 2], mask [B, G, 1, 9, HW], w2 [Cout, G*Cg*9], bias)
-    -> [B, Cout, HW]. Working on one sample at a time keeps every temporary small (on the CPU that is
-    faster than whole-batch tensors, and inference never holds the column tensor of the whole batch,
-    9x the size of the input). For the backward pass only the unmodulated samples are kept (grid_sample
-    is the most expensive step; sampling again would cost more time than the memory is worth), not the
-    modulated columns, which the backward recomputes sample by sample.
+    forward(x [B, G, Cg, H, W], grid [B, G, 9H, W, 2] on the map zero-padded to Hp x Wp, mask [B, G, 1, 9, HW],
+    w2 [Cout, G*Cg*9], bias, hp, wp) -> [B, Cout, HW]. The padding happens inside, so that the input's
+    gradient (when it needs one: reciprocal pass 2) is computed for the H x W map only, not for the padding
+    (at x4, 160 x 160 of the 257 x 257 padded map). Working on one sample at a time keeps every temporary
+    small (on the CPU that is faster than whole-batch tensors, and inference never holds the column tensor of
+    the whole batch, 9x the size of the input). For the backward pass only the unmodulated samples are kept
+    (grid_sample is the most expensive step; sampling again would cost more time than the memory is worth),
+    not the modulated columns, which the backward recomputes sample by sample.
     """
 
     @staticmethod
-    def forward(ctx, xp, grid, mask, w2, bias):
-        b, g, cg = xp.shape[:3]
+    def forward(ctx, x, grid, mask, w2, bias, hp, wp):
+        b, g, cg, h, w = x.shape
+        xp = F.pad(x, (0, wp - w, 0, hp - h))
         n = mask.shape[-1]
         keep = any(ctx.needs_input_grad[1:4])   # offsets, masks or kernel need gradients
         out = xp.new_empty(b, w2.shape[0], n)
@@ -206,7 +220,7 @@ class _SampleModulateMultiply(torch.autograd.Function):
             else:
                 torch.addmm(bias.unsqueeze(1), w2, cols, out=out[i])
         ctx.save_for_backward(xp, grid, mask, w2, samples)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.hw = bias is not None, (h, w)
         return out
 
     @staticmethod
@@ -214,18 +228,21 @@ class _SampleModulateMultiply(torch.autograd.Function):
     def backward(ctx, grad_out):
         xp, grid, mask, w2, samples = ctx.saved_tensors
         need_x, need_grid, need_mask, need_w = ctx.needs_input_grad[:4]
-        b, g, cg = xp.shape[:3]
+        b, g, cg, hp, wp = xp.shape
+        h, w = ctx.hw
         n = mask.shape[-1]
         # every sample's slice of the input gradient is written whole below (by either kernel): no zeroing pass
-        grad_xp = torch.empty_like(xp) if need_x else None
+        grad_x = xp.new_empty(b, g, cg, h, w) if need_x else None
         grad_grid = torch.empty_like(grid) if need_grid else None
         grad_mask = torch.empty_like(mask) if need_mask else None
         grad_w2 = torch.zeros_like(w2) if need_w else None
         grad_bias = grad_out.sum(dim=(0, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
         # the input's gradient (needed only when the reference itself needs one: reciprocal pass 2) by the
-        # numba kernel of rrsr_lib.sampling_adjoint, 5-9x faster than ATen's CPU scatter, same sums
+        # numba kernel of rrsr_lib.sampling_adjoint, 9-13x faster than ATen's CPU scatter, same sums, for the
+        # H x W map only; ATen's kernel computes it for the padded map, which is then cropped
         numba_x = (need_x and xp.device.type == "cpu" and xp.dtype in (torch.float32, torch.float64)
-                   and grid.dtype == xp.dtype == grad_out.dtype and xp.is_contiguous() and sampling_adjoint.available())
+                   and grid.dtype == xp.dtype == grad_out.dtype and xp.is_contiguous() and min(h, w) >= 2
+                   and sampling_adjoint.available())
         aten_x = need_x and not numba_x
         for i in range(b):
             if samples is not None:
@@ -248,15 +265,16 @@ class _SampleModulateMultiply(torch.autograd.Function):
             if need_x or need_grid:
                 gs = gc.mul_(mask[i]).view(g, cg, grid.shape[2], grid.shape[3])   # grid_sample's output layout
                 if numba_x:
-                    sampling_adjoint.bilinear_input_grad(gs, grid[i].contiguous(), grad_xp[i], accumulate=False)
+                    sampling_adjoint.bilinear_input_grad(gs, grid[i].contiguous(), grad_x[i], accumulate=False,
+                                                         grid_size=(hp, wp))
                 if aten_x or need_grid:
                     gx, gg = torch.ops.aten.grid_sampler_2d_backward(gs, xp[i], grid[i], 0, 0, True,
                                                                      [aten_x, need_grid])
                     if aten_x:
-                        grad_xp[i] = gx
+                        grad_x[i] = gx[..., :h, :w]
                     if need_grid:
                         grad_grid[i] = gg
-        return grad_xp, grad_grid, grad_mask, grad_w2, grad_bias
+        return grad_x, grad_grid, grad_mask, grad_w2, grad_bias, None, None
 
 
 def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
@@ -272,9 +290,10 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     """
     groups = _check(x, offset, mask, weight, bias)
     b, c, h, w = x.shape
-    xp, grid = _sampling_grid(x, offset)
-    out = _SampleModulateMultiply.apply(xp, grid, mask.reshape(b, groups, 1, TAPS, h * w),
-                                        weight.reshape(weight.shape[0], c * TAPS), bias)
+    grid, hp, wp = _tap_grid(offset, h, w)
+    out = _SampleModulateMultiply.apply(x.contiguous().view(b, groups, c // groups, h, w), grid,
+                                        mask.reshape(b, groups, 1, TAPS, h * w),
+                                        weight.reshape(weight.shape[0], c * TAPS), bias, hp, wp)
     return out.view(b, weight.shape[0], h, w)
 
 

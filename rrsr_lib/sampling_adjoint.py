@@ -108,19 +108,27 @@ def _build():
 
 
 def bilinear_input_grad(grad_samples: torch.Tensor, grid: torch.Tensor, out: torch.Tensor,
-                        accumulate: bool = True) -> torch.Tensor:
+                        accumulate: bool = True, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Add the input gradient of ``F.grid_sample(x, grid, "bilinear", "zeros", align_corners=True)`` to ``out``.
 
     grad_samples: [N, C, Ho, Wo], the gradient of the samples; grid: [N, Ho, Wo, 2], (x, y) in [-1, 1];
     out: [N, C, H, W], the gradient of x, added to in place; with ``accumulate=False`` it is overwritten
     instead (``out`` may then be uninitialised, e.g. ``torch.empty_like(x)``: no separate zeroing pass).
     All three contiguous, on the CPU, of one dtype, float32 or float64; H, W >= 2.
+    grid_size: (Hs, Ws) >= (H, W), the size of the map that the grid's coordinates refer to, when x is
+    the top-left H x W part of a map zero-padded to Hs x Ws (rrsr_lib.alignment pads to 2^k + 1 so that
+    integer positions stay exact): ``out`` then receives the gradient of that part only, as if the padded
+    map's gradient had been computed and cropped, without computing the rest. None: (H, W).
     Equals ``torch.ops.aten.grid_sampler_2d_backward(grad_samples, x, grid, 0, 0, True, [True, False])[0]``
-    (plus ``out``) up to the order of float additions. Returns ``out``.
+    (cropped to H x W; plus ``out``) up to the order of float additions. Returns ``out``.
     """
     if not available():
         raise RuntimeError("rrsr_lib.sampling_adjoint: numba is not available (pip install numba)")
     n, c, h, w = out.shape
+    hs, ws = (h, w) if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
+    if hs < h or ws < w:
+        raise InputError(f"bilinear_input_grad: grid_size {tuple(grid_size)} is smaller than out's map {h}x{w}; "
+                         f"it must be the (padded) size of the sampled map, at least H x W")
     for name, t in (("grad_samples", grad_samples), ("grid", grid), ("out", out)):
         if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
             raise InputError(f"bilinear_input_grad: {name} must be a contiguous float32/float64 CPU tensor, "
@@ -134,11 +142,13 @@ def bilinear_input_grad(grad_samples: torch.Tensor, grid: torch.Tensor, out: tor
     positions = grad_samples.shape[2] * grad_samples.shape[3]
     scalar = out.numpy().dtype.type
     arrays = (grad_samples.detach().numpy(), grid.detach().numpy(), out.detach().numpy())
-    constants = (scalar(1), scalar((w - 1) / 2), scalar((h - 1) / 2), scalar(w + 1), scalar(h + 1))
+    # pixel = (coordinate + 1) * (size - 1) / 2 on the sampled (padded) map; corners at or beyond H, W are
+    # treated like those outside the map (weight 0): their gradient is the padding's, which nobody wants
+    constants = (scalar(1), scalar((ws - 1) / 2), scalar((hs - 1) / 2), scalar(ws + 1), scalar(hs + 1))
 
     def run(lo: int, hi: int) -> None:
         # scratch, reused group after group: one corner index and 4 weights per sample position (pass 1) and
-        # the 8-channel accumulator of pass 2 (h * w * 8 values: 2.1 MB for a 257 x 257 float32 map)
+        # the 8-channel accumulator of pass 2 (h * w * 8 values: 0.8 MB for 160 x 160 float32 x4 features)
         corner = np.empty(positions, dtype=np.int64)
         weights = np.empty((positions, 4), dtype=scalar)
         acc = np.empty(h * w * 8 if c >= 8 else 0, dtype=scalar)

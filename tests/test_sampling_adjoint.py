@@ -70,6 +70,27 @@ def test_one_sample_per_pixel_is_bit_identical_to_aten(c):
     assert torch.equal(bilinear_input_grad(grad_samples, grid, torch.zeros_like(x)), _aten(grad_samples, x, grid))
 
 
+@pytest.mark.parametrize("c", [5, 8, 13])
+@pytest.mark.parametrize("valid", [(17, 17), (12, 9), (2, 2)])
+def test_grid_size_gives_the_cropped_gradient_of_the_padded_map(c, valid):
+    # the map is the top-left `valid` part of a 17 x 17 map whose other pixels are zero padding (as
+    # rrsr_lib.alignment pads to 2^k + 1); positions cover the padding and beyond. The gradient of the
+    # valid part must be the padded map's gradient cropped, computed with the same sums in the same order
+    gen = torch.Generator().manual_seed(5)
+    height, width = valid
+    padded = torch.zeros(3, c, 17, 17)
+    padded[..., :height, :width] = torch.randn(3, c, height, width, generator=gen)
+    grid = _positions(3, 7, 11, 17, 17, torch.float32, gen)
+    grad_samples = torch.randn(3, c, 7, 11, generator=gen)
+    full = bilinear_input_grad(grad_samples, grid, torch.zeros_like(padded))
+    cropped = bilinear_input_grad(grad_samples, grid, torch.full((3, c, height, width), float("nan")),
+                                  accumulate=False, grid_size=(17, 17))
+    assert torch.equal(cropped, full[..., :height, :width])
+    torch.testing.assert_close(cropped, _aten(grad_samples, padded, grid)[..., :height, :width], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="grid_size .* smaller"):
+        bilinear_input_grad(grad_samples, grid, torch.zeros(3, c, height, width), grid_size=(height - 1, width))
+
+
 def test_threads_give_the_same_result():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(8, 12, 33, 33, generator=gen)
