@@ -114,7 +114,8 @@ def main(argv=None) -> dict:
                 times["numba"].append(_cpu_seconds(numba))
             med = {k: statistics.median(v) for k, v in times.items()}
             cases[f"{scale}_{kind}"] = {
-                "groups": GROUPS, "channels_per_group": cg, "map": [size, size], "padded_map": [padded, padded], "positions": TAPS * size * size,
+                "groups": GROUPS, "channels_per_group": cg, "map": [size, size], "padded_map": [padded, padded],
+                "positions": TAPS * size * size,
                 "aten_seconds": times["aten"], "numba_seconds": times["numba"],
                 "aten_median_s": med["aten"], "numba_median_s": med["numba"],
                 "speedup": med["aten"] / med["numba"], "max_relative_difference": err,

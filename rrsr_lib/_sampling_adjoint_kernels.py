@@ -64,6 +64,7 @@ def corners_and_weights(grid_g, one, scale_x, scale_y, high_x, high_y, height, w
                 corner[s] = cy * width + cx
             s += 1
 
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def scatter(grad_samples, grid, grad_x, one, scale_x, scale_y, high_x, high_y, accumulate,
             corner, weights, acc):

@@ -158,17 +158,13 @@ def _tap_grid(offset: torch.Tensor, height: int, width: int) -> tuple[torch.Tens
     return grid.view(b, g, TAPS * height, width, 2), hp, wp
 
 
-def _pad_groups(x: torch.Tensor, groups: int, hp: int, wp: int) -> torch.Tensor:
-    """[B, C, H, W] -> zero-padded [B, G, C/G, Hp, Wp]: the extra rows/columns read as "outside" (0), exactly
-    like torchvision's border."""
-    b, c, h, w = x.shape
-    return F.pad(x, (0, wp - w, 0, hp - h)).view(b, groups, c // groups, hp, wp)
-
-
 def _sampling_grid(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The zero-padded input [B, G, C/G, Hp, Wp] and grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps."""
-    grid, hp, wp = _tap_grid(offset, x.shape[2], x.shape[3])
-    return _pad_groups(x, grid.shape[1], hp, wp), grid
+    b, c, h, w = x.shape
+    grid, hp, wp = _tap_grid(offset, h, w)
+    # zero rows/columns up to 2^k + 1: they read as "outside" (0), exactly like torchvision's border
+    xp = F.pad(x, (0, wp - w, 0, hp - h))
+    return xp.view(b, grid.shape[1], c // grid.shape[1], hp, wp), grid
 
 
 def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -202,6 +198,7 @@ class _SampleModulateMultiply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, grid, mask, w2, bias, hp, wp):
         b, g, cg, h, w = x.shape
+        # zero rows/columns up to 2^k + 1 (see _sampling_grid)
         xp = F.pad(x, (0, wp - w, 0, hp - h))
         n = mask.shape[-1]
         keep = any(ctx.needs_input_grad[1:4])   # offsets, masks or kernel need gradients

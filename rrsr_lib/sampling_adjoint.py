@@ -103,8 +103,9 @@ def _build():
             config.SLP_VECTORIZE = 1
         for dt in (np.float32, np.float64):
             one = dt(1)
-            kernels.scatter(np.zeros((1, 8, 1, 2), dt), np.zeros((1, 1, 2, 2), dt), np.zeros((1, 8, 2, 2), dt), one,
-                            one, one, dt(3), dt(3), False, np.zeros(2, np.int64), np.zeros((2, 4), dt), np.zeros(32, dt))
+            kernels.scatter(np.zeros((1, 8, 1, 2), dt), np.zeros((1, 1, 2, 2), dt), np.zeros((1, 8, 2, 2), dt),
+                            one, one, one, dt(3), dt(3), False, np.zeros(2, np.int64), np.zeros((2, 4), dt),
+                            np.zeros(32, dt))
     finally:
         if old is not None:
             config.SLP_VECTORIZE = old
