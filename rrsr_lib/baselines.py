@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LRELU_SLOPE, Upsample2x, conv3x3, residual_stack
+from .blocks import LRELU_SLOPE, Upsample2x, authors_init_, conv3x3, residual_stack
 from .errors import InputError
 from .matching import match_patches, normalize_pixels
 from .models import RRSR, ContentExtractor, register_model, resolve_config
@@ -106,6 +106,8 @@ class SingleImageSR(nn.Module):
                                      for nb, n in zip(blocks, cfg.stages))
         self.up1, self.up2 = Upsample2x(c), Upsample2x(c)
         self.tail = nn.Sequential(conv3x3(c, c // 2), nn.LeakyReLU(LRELU_SLOPE), conv3x3(c // 2, 3))
+        # RRSR's initialisation (the authors'): convolutions N(0, 0.02), biases 0
+        authors_init_(self)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         _check_call(self, lr, ref)
@@ -149,9 +151,9 @@ class C2Matching(RRSR):
         x = x + blocks16(LeakyReLU(conv3x3(concat(x, aligned))))          (PlainHead + residual blocks)
 
     with conv + PixelShuffle x2 between the scales and the same tail and global residual. The
-    matching front end (frozen features, patch matching, pre-offsets) is RRSR's. C2-Matching
-    initialises convolutions with N(0, 0.02); we keep the library's initialisation (scaled Kaiming in
-    the residual blocks, zero for the offset predictor), as RRSR does here.
+    matching front end (frozen features, patch matching, pre-offsets, LR_up by PIL's bicubic) is RRSR's,
+    and so is the initialisation, which RRSR took from C2-Matching: every convolution N(0, 0.02), biases 0,
+    offset predictors zero.
     config: "paper", "small", or a dict of :class:`rrsr_lib.models.RRSRConfig` fields.
     """
 
@@ -269,6 +271,9 @@ class TTSR(nn.Module):
         self.body_tails = nn.ModuleDict({f"x{s}": conv3x3(c, c) for s in _TTSR_LEVELS})
         self.up = nn.ModuleDict({"x1": Upsample2x(c), "x2": Upsample2x(c)})
         self.tail = nn.Sequential(conv3x3(c, c // 2), nn.LeakyReLU(LRELU_SLOPE), conv3x3(c // 2, 3))
+        # RRSR's initialisation for every trained part (convolutions N(0, 0.02), biases 0), as every model here
+        # (TTSR's own initialisation is not reproduced); the frozen VGG keeps its weights
+        authors_init_(self.content, self.heads, self.bodies, self.body_tails, self.up, self.tail)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         _check_call(self, lr, ref)

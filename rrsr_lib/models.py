@@ -13,6 +13,10 @@ stages before it improved ("progressive alignment and selection")::
     x4:  3 x [F = F + blocks5(select(F, align(F, relu1_1)))]
     SR = conv(LeakyReLU(conv(F))) + bilinear_x4(LR)
 
+where select(.) returns conv_experts(x) * gate, with no activation after it, as the authors' block.
+Every trained part starts from the authors' initialisation (:func:`rrsr_lib.blocks.authors_init_`: every
+convolution and Linear N(0, 0.02), biases 0, experts N(0, 0.02), offset/mask convolutions zero).
+
 The matching front end (frozen: contrastive VGG16 trunks, patch matching, index -> flow -> per-tap
 pre-offsets) runs once, at the LR scale, and its offsets seed every alignment unit (x2, x4: flow
 upsampled and scaled, rrsr_lib.offsets).
@@ -39,11 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment import DEFORM_PATHS, AlignmentUnit
-from .blocks import LRELU_SLOPE, Upsample2x, conv3x3, residual_stack
+from .blocks import LRELU_SLOPE, Upsample2x, authors_init_, conv3x3, residual_stack
+from .degradation import pil_bicubic_upsample
 from .errors import InputError
 from .matching import match_patches
 from .offsets import flow_from_index, pre_offsets, to_deform_offsets
-from .selection import PlainHead, SelectionBlock
+from .selection import SELECTION_ACTIVATIONS, PlainHead, SelectionBlock
 from .vgg import VGGFeatures
 
 __all__ = ["RRSRConfig", "CONFIGS", "ABLATIONS", "resolve_config", "RRSR", "Stage", "ContentExtractor",
@@ -58,6 +63,9 @@ AUTHORS_GMACS_40 = 88.0
 # reference texture per scale: VGG layer and its channels (RRSR.md, pipeline step 4)
 TEXTURE = {1: ("relu3_1", 256), 2: ("relu2_1", 128), 4: ("relu1_1", 64)}
 SCALES = (1, 2, 4)
+# how the matching front end enlarges the LR image: "pil" (the authors' data path: PIL bicubic x4 of the uint8
+# LR, rounded to uint8) or "torch" (torch's bicubic, a = -0.75: the variant shipped before 2026-12-02)
+LR_UP_MODES = ("pil", "torch")
 _announced: set[str] = set()
 
 
@@ -80,6 +88,9 @@ class RRSRConfig:
     matching: str = "auto"                  # matching features: "contrastive" (the shipped trunks of rrsr_lib.contrastive),
                                             # "vgg" (ImageNet VGG stand-in) or "auto" (contrastive if shipped, else vgg, announced)
     patch_size: int = 3                     # matching patch size
+    # the authors' network is "none" / "pil"; "lrelu" / "torch" rebuild the networks shipped before 2026-12-02
+    selection_activation: str = "none"      # after the selection gate: "none" (authors) or "lrelu" (legacy)
+    lr_up: str = "pil"                      # matching input LR_up: "pil" (authors) or "torch" (legacy)
 
     def __post_init__(self):
         if len(self.stages) != 3 or any(int(s) < 1 for s in self.stages):
@@ -88,6 +99,10 @@ class RRSRConfig:
             raise InputError(f"ref_scales must be a non-empty subset of {SCALES}, got {self.ref_scales}")
         if self.matching not in ("auto", "contrastive", "vgg"):
             raise InputError(f"matching must be 'auto', 'contrastive' or 'vgg', got {self.matching!r}")
+        if self.selection_activation not in SELECTION_ACTIVATIONS:
+            raise InputError(f"selection_activation must be one of {SELECTION_ACTIVATIONS}, got {self.selection_activation!r}")
+        if self.lr_up not in LR_UP_MODES:
+            raise InputError(f"lr_up must be one of {LR_UP_MODES}, got {self.lr_up!r}")
         if self.deform_path not in DEFORM_PATHS:
             raise InputError(f"deform_path must be one of {DEFORM_PATHS}, got {self.deform_path!r}")
         if any(c % self.groups for _, c in TEXTURE.values()):
@@ -153,7 +168,8 @@ class Stage(nn.Module):
     """One stage of a scale: align the reference, select, restore; with a skip over the stage.
 
     out = x + blocks(select(x, align(x, ref_feat)))  (ref_channels > 0), or x + blocks(x) (no reference).
-    x: [B, C, H, W]; ref_feat: [B, ref_channels, H, W]; pre_offsets: [B, 18G, H, W]; valid: (h, w) unpadded size.
+    x: [B, C, H, W]; ref_feat: [B, ref_channels, H, W]; pre_offsets: [B, 18G, H, W] or [B, 9, H, W, 2];
+    valid: (h, w), the unpadded top-left region at this scale (None: the whole map).
     """
 
     def __init__(self, channels: int, ref_channels: int, blocks: int, cfg: RRSRConfig, offset_channels: int | None):
@@ -162,7 +178,8 @@ class Stage(nn.Module):
         if self.uses_reference:
             self.align = AlignmentUnit(channels, ref_channels, cfg.groups, offset_channels, cfg.deform_path)
             if cfg.selection:
-                self.select = SelectionBlock(channels, ref_channels, channels, cfg.experts, cfg.gate_hidden)
+                self.select = SelectionBlock(channels, ref_channels, channels, cfg.experts, cfg.gate_hidden,
+                                             cfg.selection_activation)
             else:
                 self.select = PlainHead(channels, ref_channels, channels)
         self.body = residual_stack(channels, blocks)
@@ -203,13 +220,18 @@ class MatchingFrontEnd(nn.Module):
 
     features: a module (lr_up [B,3,4h,4w], ref [B,3,4h,4w]) -> (feat_in, feat_ref), both [B, C, h, w]
     (the contrastive trunks, or :class:`VGGMatchingFeatures`). groups: deformable groups.
+    lr_up: "pil" (the authors: LR_up = PIL bicubic x4 of the uint8 LR, rounded to uint8; computed in torch,
+    equal to PIL's image, rrsr_lib.degradation.pil_bicubic_upsample) or "torch" (torch's bicubic, a = -0.75,
+    clamped: the variant of the networks shipped before 2026-12-02).
     forward(lr [B,3,h,w], ref [B,3,4h,4w]) -> {"index", "score" [B,h-2,w-2], "flow" [B,h,w,2],
     1: [B,18G,h,w], 2: [B,18G,2h,2w], 4: [B,18G,4h,4w]}. No gradients (matching is an argmax).
     """
 
-    def __init__(self, features: nn.Module, groups: int = 8, patch_size: int = 3):
+    def __init__(self, features: nn.Module, groups: int = 8, patch_size: int = 3, lr_up: str = "pil"):
         super().__init__()
-        self.features, self.groups, self.patch_size = features, groups, patch_size
+        if lr_up not in LR_UP_MODES:
+            raise InputError(f"lr_up must be one of {LR_UP_MODES}, got {lr_up!r}")
+        self.features, self.groups, self.patch_size, self.lr_up = features, groups, patch_size, lr_up
         self.features.requires_grad_(False)
 
     def train(self, mode: bool = True):
@@ -218,9 +240,13 @@ class MatchingFrontEnd(nn.Module):
 
     @torch.no_grad()
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> dict:
-        # the authors match the LR image enlarged x4 by bicubic interpolation against the reference
-        # (their data loader uses PIL's bicubic; inside the network we use torch's, a sub-gray-level difference)
-        lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        if self.lr_up == "pil":
+            # the authors' data loader: LR_up = PIL bicubic x4 of the uint8 LR, stored as uint8 (RRSR.md); torch's
+            # bicubic (a = -0.75) differs from it by up to 17 grey levels on the embedded pairs
+            lr_up = pil_bicubic_upsample(lr, 4)
+        else:
+            # legacy variant: torch's bicubic, clamped
+            lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
         feat_in, feat_ref = self.features(lr_up, ref)
         index, score = match_patches(feat_in, feat_ref, self.patch_size)
         # flow = matched top-left - own top-left, zero-padded back to h x w
@@ -280,7 +306,7 @@ class RRSR(nn.Module):
         self.texture.requires_grad_(False)
         if matching_features is None:
             matching_features = _default_matching_features(cfg.matching, self.texture)
-        self.matcher = MatchingFrontEnd(matching_features, cfg.groups, cfg.patch_size)
+        self.matcher = MatchingFrontEnd(matching_features, cfg.groups, cfg.patch_size, cfg.lr_up)
         self.content = ContentExtractor(c, cfg.content_blocks)
         blocks = {1: cfg.x1_blocks, 2: cfg.stage_blocks, 4: cfg.stage_blocks}
 
@@ -296,6 +322,8 @@ class RRSR(nn.Module):
         self.x4 = stages(4, cfg.stages[2])
         # tail: conv 64 -> 32, LeakyReLU, conv 32 -> 3
         self.tail = nn.Sequential(conv3x3(c, c // 2), nn.LeakyReLU(LRELU_SLOPE), conv3x3(c // 2, 3))
+        # the authors' initialisation of every trained part (the frozen VGG and matching trunks keep theirs)
+        authors_init_(self.content, self.x1, self.up1, self.x2, self.up2, self.x4, self.tail)
 
     @staticmethod
     def canvas_size(lr_hw: tuple[int, int], ref_hw: tuple[int, int]) -> tuple[int, int]:
@@ -312,33 +340,70 @@ class RRSR(nn.Module):
         if lr.device != ref.device:
             raise InputError(f"lr is on {lr.device} and ref on {ref.device}; move both to the model's device")
 
-    def forward(self, lr: torch.Tensor, ref: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
-        """SR image [B, 3, 4h, 4w]. ``trace``: an optional dict that receives the matching result and, per
-        scale, each stage's offsets, masks, routing weights and gates (for the notebooks)."""
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor, trace: dict | None = None,
+                original_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """SR image [B, 3, 4h, 4w], or [B, 3, H, W] when ``original_size`` = (H, W) is given.
+
+        original_size: for inputs already padded the authors' way (HR input and reference zero-padded at HR
+        to a common size, then the LR made from the padded HR): the HR size of the unpadded image. The
+        selection pools then cover that region only, and the output is cropped to it. Without it, ``lr`` is
+        the whole image and the padding (if the reference is larger) happens here, at LR scale.
+        ``trace``: an optional dict that receives the matching result and, per scale, each stage's offsets,
+        masks, routing weights and gates (for the notebooks).
+        """
         self._check(lr, ref)
         b, _, h, w = lr.shape
         hc, wc = self.canvas_size((h, w), ref.shape[2:])
+        if original_size is not None:
+            hv, wv = (int(v) for v in original_size)
+            if not (1 <= hv <= 4 * h and 1 <= wv <= 4 * w):
+                raise InputError(f"original_size {original_size} must lie within the padded HR size {(4 * h, 4 * w)}")
+        else:
+            hv, wv = 4 * h, 4 * w
         # zero-pad both to the common canvas (bottom and right), as the authors do for test pairs
         lr_c = F.pad(lr, (0, wc - w, 0, hc - h))
         ref_c = F.pad(ref, (0, 4 * wc - ref.shape[3], 0, 4 * hc - ref.shape[2]))
         matched = self.matcher(lr_c, ref_c)
         texture = self.texture(ref_c)
         if trace is not None:
-            trace.update(matching={k: v for k, v in matched.items()}, canvas=(hc, wc), valid=(h, w))
-        x = self.content(lr_c)
+            trace.update(matching={k: v for k, v in matched.items()}, canvas=(hc, wc), valid=(hv // 4, wv // 4))
+        base = None
+        if (hc, wc) != (h, w):
+            # padded here: the global residual is the bilinear x4 of the unpadded LR (the authors upsample the
+            # canvas, whose LR they made from the padded HR), so that the last rows/columns do not blend in zeros
+            base = F.pad(F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False),
+                         (0, 4 * (wc - w), 0, 4 * (hc - h)))
+        sr = self.restore(lr_c, {s: matched[s] for s in SCALES}, texture, (hv, wv), base, trace)[:, :, :hv, :wv]
+        return sr if self.training else sr.clamp(0, 1)
+
+    def restore(self, lr: torch.Tensor, pre_offsets: dict, texture: dict, original_size: tuple[int, int] | None = None,
+                base: torch.Tensor | None = None, trace: dict | None = None) -> torch.Tensor:
+        """The restoration network alone, on a canvas: the authors' ``RestorationNet.forward``.
+
+        lr: [B, 3, h, w] LR canvas in [0, 1]. pre_offsets: {1: ..., 2: ..., 4: ...} matched offsets per scale,
+        each [B, 18G, s*h, s*w] (DCN layout) or [B, 9, s*h, s*w, 2] ((x, y) last, the authors' layout).
+        texture: VGG features of the reference canvas {"relu3_1": [B,256,h,w], "relu2_1": [B,128,2h,2w],
+        "relu1_1": [B,64,4h,4w]}. original_size: (H, W) HR pixels of the unpadded region (the pools of the
+        selection blocks at scale s cover H // (4/s) x W // (4/s)), None for the whole canvas. base: the
+        global residual [B, 3, 4h, 4w] (None: bilinear x4 of ``lr``, as the authors). Returns [B, 3, 4h, 4w],
+        unclamped, for the whole canvas.
+        """
+        x = self.content(lr)
         for scale, stages, up in ((1, self.x1, self.up1), (2, self.x2, self.up2), (4, self.x4, None)):
             ref_feat = texture[TEXTURE[scale][0]] if scale in self.config.ref_scales else None
+            # the authors' pools: original_size // 4 at x1, // 2 at x2, // 1 at x4
+            valid = None if original_size is None else (original_size[0] // (4 // scale), original_size[1] // (4 // scale))
             stage_trace = [] if trace is not None else None
             for stage in stages:
-                x = stage(x, ref_feat, matched[scale], (h * scale, w * scale), stage_trace)
+                x = stage(x, ref_feat, pre_offsets[scale], valid, stage_trace)
             if trace is not None:
                 trace[f"x{scale}"] = stage_trace
             if up is not None:
                 x = up(x)
-        # global residual: + bilinear x4 of the LR image. We upsample the unpadded LR (the authors upsample
-        # the canvas) so that the last rows/columns do not blend in the zero padding.
-        sr = self.tail(x)[:, :, : 4 * h, : 4 * w] + F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
-        return sr if self.training else sr.clamp(0, 1)
+        if base is None:
+            # global residual: + bilinear x4 of the LR canvas (the authors' `base`)
+            base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
+        return self.tail(x) + base
 
 
 # ----------------------------------------------------------------------------------------------

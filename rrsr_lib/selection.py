@@ -14,7 +14,12 @@ convolution that fuses the LR feature with the aligned reference feature depend 
 * a squeeze-excitation channel gate, also computed from the pooled input:
 
       s = sigmoid(conv1x1(ReLU(conv1x1(GAP(x)))))      [B, 64, 1, 1]
-      out = LeakyReLU(y * s)
+      out = y * s                                       (no activation after the gate, as the authors)
+
+The authors' block (``RefAwareBlock`` in their arch_util.py) builds a LeakyReLU but its forward returns
+``output * x_se``: the activation is never called. The block here does the same. The networks this
+project shipped before 2026-12-02 were trained with ``LeakyReLU(y * s)``; ``activation="lrelu"`` builds
+that variant so that they keep computing what they were trained as (rrsr_lib.checkpoints).
 
 When inputs are zero-padded to a common canvas (test images of different sizes), the global
 average pool covers the unpadded region only: padding must not change the statistics that route
@@ -32,10 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LRELU_SLOPE, conv3x3
+from .blocks import AUTHORS_INIT_STD, LRELU_SLOPE, conv3x3
 from .errors import InputError
 
-__all__ = ["masked_global_average_pool", "CondConv2d", "ChannelGate", "SelectionBlock", "PlainHead"]
+__all__ = ["masked_global_average_pool", "CondConv2d", "ChannelGate", "SelectionBlock", "PlainHead",
+           "SELECTION_ACTIVATIONS"]
+
+# "none": the authors' block (no activation after the gate); "lrelu": the variant shipped before 2026-12-02
+SELECTION_ACTIVATIONS = ("none", "lrelu")
 
 
 def masked_global_average_pool(x: torch.Tensor, valid=None) -> torch.Tensor:
@@ -81,6 +90,13 @@ class CondConv2d(nn.Module):
         bound = 2.0 / math.sqrt(experts * in_channels * kernel_size * kernel_size)
         nn.init.uniform_(self.weight, -bound, bound)
 
+    @torch.no_grad()
+    def authors_init(self) -> None:
+        """The authors' initialisation (their RefAwareBlock): experts N(0, 0.02), expert biases 0
+        (called by :func:`rrsr_lib.blocks.authors_init_`; the routing Linear gets N(0, 0.02) there)."""
+        nn.init.normal_(self.weight, 0.0, AUTHORS_INIT_STD)
+        nn.init.zeros_(self.bias)
+
     def routing_weights(self, pooled: torch.Tensor) -> torch.Tensor:
         """r = sigmoid(Linear(pooled)): [B, in] -> [B, E] (sigmoid, not softmax: experts are not exclusive)."""
         return torch.sigmoid(self.routing(pooled))
@@ -120,20 +136,24 @@ class SelectionBlock(nn.Module):
     """RRSR's reference-aware block: concat(LR feature, aligned reference) -> 64 selected channels.
 
     lr_channels (64), ref_channels (256 / 128 / 64 at x1 / x2 / x4), out_channels (64), experts (16),
-    gate_hidden (None = Cin, the authors' size as we infer it).
+    gate_hidden (None = Cin, the authors' size as we infer it), activation ("none": the authors' block;
+    "lrelu": LeakyReLU(0.1) after the gate, the variant the checkpoints shipped before 2026-12-02 were
+    trained with).
     forward(lr_feat [B, lr, H, W], aligned [B, ref, H, W], valid=None, return_gates=False)
-    -> [B, out, H, W] (and {"routing": [B, E], "gate": [B, out]} with ``return_gates``).
+    -> [B, out, H, W], unbounded (and {"routing": [B, E], "gate": [B, out]} with ``return_gates``).
     ``valid``: see :func:`masked_global_average_pool`.
     """
 
     def __init__(self, lr_channels: int = 64, ref_channels: int = 256, out_channels: int = 64, experts: int = 16,
-                 gate_hidden: int | None = None):
+                 gate_hidden: int | None = None, activation: str = "none"):
         super().__init__()
+        if activation not in SELECTION_ACTIVATIONS:
+            raise InputError(f"activation must be one of {SELECTION_ACTIVATIONS}, got {activation!r}")
         cin = lr_channels + ref_channels
         self.in_channels = cin
         self.condconv = CondConv2d(cin, out_channels, experts)
         self.gate = ChannelGate(cin, out_channels, gate_hidden)
-        self.act = nn.LeakyReLU(LRELU_SLOPE)
+        self.activation = activation
 
     def forward(self, lr_feat: torch.Tensor, aligned: torch.Tensor, valid=None, return_gates: bool = False):
         x = torch.cat((lr_feat, aligned), dim=1)
@@ -143,8 +163,11 @@ class SelectionBlock(nn.Module):
         pooled = masked_global_average_pool(x, valid)
         y, r = self.condconv(x, pooled)
         s = self.gate(pooled)
-        # out = LeakyReLU(y * s); s > 0, so this equals LeakyReLU(y) * s
-        out = self.act(y * s)
+        # out = y * s: the authors' RefAwareBlock returns `output * x_se`, with no activation after it
+        out = y * s
+        if self.activation == "lrelu":
+            # legacy variant (checkpoints shipped before 2026-12-02): out = LeakyReLU(y * s)
+            out = F.leaky_relu(out, LRELU_SLOPE)
         if return_gates:
             return out, {"routing": r, "gate": s.flatten(1)}
         return out

@@ -58,8 +58,21 @@ def test_selection_block_is_condconv_times_gate():
     hidden = F.relu(p @ block.gate.squeeze.weight[:, :, 0, 0].T + block.gate.squeeze.bias)
     s = torch.sigmoid(hidden @ block.gate.excite.weight[:, :, 0, 0].T + block.gate.excite.bias)
     torch.testing.assert_close(info["gate"], s)
-    torch.testing.assert_close(out, F.leaky_relu(y * s[:, :, None, None], 0.1))
+    # the authors' RefAwareBlock returns output * x_se, with no activation after it
+    torch.testing.assert_close(out, y * s[:, :, None, None])
+    assert (out < 0).any()   # nothing clips or bends the negative part
     assert info["routing"].shape == (2, 3)
+
+
+def test_the_legacy_block_adds_a_leaky_relu_after_the_gate_and_nothing_else():
+    torch.manual_seed(2)
+    block = SelectionBlock(lr_channels=4, ref_channels=6, out_channels=5, experts=3)
+    legacy = SelectionBlock(lr_channels=4, ref_channels=6, out_channels=5, experts=3, activation="lrelu")
+    legacy.load_state_dict(block.state_dict())
+    lr, ref = torch.randn(2, 4, 5, 7), torch.rand(2, 6, 5, 7)
+    torch.testing.assert_close(legacy(lr, ref), F.leaky_relu(block(lr, ref), 0.1))
+    with pytest.raises(InputError, match="activation must be one of"):
+        SelectionBlock(4, 6, 5, 3, activation="relu")
 
 
 def test_one_expert_block_is_plain_conv_with_gate():
@@ -69,7 +82,7 @@ def test_one_expert_block_is_plain_conv_with_gate():
     out, info = block(lr, ref, return_gates=True)
     r = info["routing"][0, 0]
     y = F.conv2d(torch.cat((lr, ref), 1), r * block.condconv.weight[0], r * block.condconv.bias[0], padding=1)
-    torch.testing.assert_close(out, F.leaky_relu(y * info["gate"][:, :, None, None], 0.1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, y * info["gate"][:, :, None, None], rtol=1e-5, atol=1e-6)
 
 
 def test_zero_padding_does_not_change_the_output_with_valid_size():
