@@ -54,7 +54,7 @@ from .figures import project_root
 __all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "QUANTIZE_MIN_NUMEL", "checkpoints_dir", "checkpoint_names",
            "checkpoint_spec", "build_architecture", "frozen_prefixes", "frozen_fingerprint", "pack_state_dict",
            "unpack_state_dict", "save_checkpoint", "checkpoint_info", "load_checkpoint", "list_checkpoints",
-           "params_text", "write_params", "train_checkpoint", "sha256_file"]
+           "params_text", "write_params", "train_checkpoint", "sha256_file", "load_authors_checkpoint"]
 
 FORMAT = "rrsr-checkpoint/1"
 # weight tensors with at least this many values are stored as int8 + per-output-channel scales
@@ -124,6 +124,12 @@ CHECKPOINTS: dict[str, dict] = _all_specs()
 # authors' matching features) and the offline ImageNet VGG16 texture features (rrsr_lib.vgg)
 MATCHING = "contrastive"
 VGG_WEIGHTS = "vgg16"
+# What RRSR and C2 compute beyond their sizes (rrsr_lib.models.RRSRConfig): the authors' selection block and
+# matching input for everything trained from now on; the checkpoints shipped before 2026-12-02 were trained
+# with a LeakyReLU after the selection gate and torch's bicubic LR_up, and their info.json says so.
+# An architecture record without "variant" predates the field and is the legacy variant.
+AUTHORS_VARIANT = {"selection_activation": "none", "lr_up": "pil"}
+LEGACY_VARIANT = {"selection_activation": "lrelu", "lr_up": "torch"}
 
 
 def checkpoints_dir() -> Path:
@@ -144,14 +150,27 @@ def checkpoint_spec(name: str) -> dict:
 
 
 def _architecture(spec: dict) -> dict:
-    return {"model": spec["model"], "config": spec["config"], "matching": MATCHING, "vgg_weights": VGG_WEIGHTS}
+    arch = {"model": spec["model"], "config": spec["config"], "matching": MATCHING, "vgg_weights": VGG_WEIGHTS}
+    if spec["model"] in ("rrsr", "c2"):
+        arch["variant"] = dict(AUTHORS_VARIANT)
+    return arch
+
+
+def _variant(arch: dict) -> dict:
+    """The RRSRConfig fields of an architecture record's "variant" (legacy when the record has none)."""
+    variant = arch.get("variant", LEGACY_VARIANT)
+    if not isinstance(variant, dict) or set(variant) != set(AUTHORS_VARIANT):
+        raise InputError(f"architecture variant must be a dict with the keys {sorted(AUTHORS_VARIANT)}, got {variant!r}")
+    return dict(variant)
 
 
 def build_architecture(arch: dict) -> nn.Module:
-    """An untrained network for an architecture record {"model", "config", "matching", "vgg_weights"}.
+    """An untrained network for an architecture record {"model", "config", "matching", "vgg_weights", "variant"}.
 
     The frozen parts are pinned: matching features ("contrastive" or "vgg") and VGG weights ("vgg16",
     "vgg19") are what the record says, never the "auto" choice, which could differ between machines.
+    "variant" (rrsr and c2): {"selection_activation", "lr_up"}, what the network was trained as
+    (:data:`AUTHORS_VARIANT`, or :data:`LEGACY_VARIANT` for the checkpoints shipped before 2026-12-02).
     Returns the network in eval mode on the CPU; its call is model(lr, ref) -> sr (rrsr_lib.models).
     """
     from . import baselines
@@ -159,12 +178,12 @@ def build_architecture(arch: dict) -> nn.Module:
 
     name, config = arch.get("model"), arch.get("config")
     if name == "rrsr":
-        model = build_model("rrsr", config, matching=arch["matching"], vgg_weights=arch["vgg_weights"])
+        model = build_model("rrsr", config, matching=arch["matching"], vgg_weights=arch["vgg_weights"], **_variant(arch))
     elif name == "c2":
         if config not in baselines.C2_CONFIGS:
             raise InputError(f"unknown c2 configuration {config!r}; choose one of {sorted(baselines.C2_CONFIGS)}")
         model = build_model("c2", {**baselines.C2_CONFIGS[config], "matching": arch["matching"],
-                                   "vgg_weights": arch["vgg_weights"]})
+                                   "vgg_weights": arch["vgg_weights"], **_variant(arch)})
     elif name == "ttsr":
         if config not in baselines.TTSR_CONFIGS:
             raise InputError(f"unknown ttsr configuration {config!r}; choose one of {sorted(baselines.TTSR_CONFIGS)}")
@@ -336,6 +355,16 @@ def load_checkpoint(name: str, device: torch.device | str = "cpu", root: str | P
                          f"{not_frozen[:3]}, unexpected {result.unexpected_keys[:3]}; retrain it with "
                          f"{_train_command(name)}")
     return model.to(device).eval()
+
+
+def load_authors_checkpoint(restoration_path: str | Path, feature_extraction_path: str | Path | None = None,
+                            device: torch.device | str = "cpu") -> nn.Module:
+    """The paper RRSR with the authors' released weights (``network_mse.pth`` / ``network_gan.pth``, and
+    optionally C2-Matching's ``feature_extraction.pth``), in eval mode: see
+    :func:`rrsr_lib.authors_weights.load_authors_checkpoint` (key mapping, checks, what is announced)."""
+    from .authors_weights import load_authors_checkpoint as load
+
+    return load(restoration_path, feature_extraction_path, device)
 
 
 def list_checkpoints(root: str | Path | None = None) -> list[dict]:

@@ -164,3 +164,35 @@ def test_a_copied_checkpoint_folder_loads_from_another_root(tmp_path):
     x, r = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(a(x, r), b(x, r), rtol=0, atol=0)
+
+
+def test_records_without_a_variant_build_the_legacy_network_and_new_records_the_authors():
+    arch = {"model": "rrsr", "config": "small", "matching": "contrastive", "vgg_weights": "vgg16"}
+    legacy = ck.build_architecture(arch)
+    assert (legacy.config.selection_activation, legacy.config.lr_up) == ("lrelu", "torch")
+    new = ck.build_architecture(ck._architecture(ck.checkpoint_spec("rrsr_rec_seed0")))
+    assert (new.config.selection_activation, new.config.lr_up) == ("none", "pil")
+    with pytest.raises(InputError, match="variant must be a dict"):
+        ck.build_architecture({**arch, "variant": {"lr_up": "pil"}})
+
+
+@pytest.mark.parametrize("name", ["rrsr_rec_seed0", "c2_rec_seed0"])
+def test_shipped_checkpoints_still_compute_what_they_were_trained_and_evaluated_as(name):
+    # their info.json records the variant they were trained as; their recorded PSNR on one embedded pair
+    # (notebook 08, results/embedded_benchmark_images.json) is reproduced with it, not with the authors' variant
+    from rrsr_lib.data import EmbeddedTestPairs
+    from rrsr_lib.evaluate import PairWindows, evaluate
+
+    info = ck.checkpoint_info(name)
+    assert info["architecture"]["variant"] == ck.LEGACY_VARIANT
+    rows = json.loads((ROOT / "results" / "embedded_benchmark_images.json").read_text())
+    recorded = next(r for r in rows if r["checkpoint"] == name and r["name"] == "aero" and r["metric"] == "y_crop4")
+    data = PairWindows(EmbeddedTestPairs(pairs=["aero"]), window=recorded["window"], margin=recorded["margin"])
+    model = ck.load_checkpoint(name)
+    got = evaluate(model, data, name, "embedded", metrics=("y_crop4",), progress=False)[0]["psnr_y"]
+    assert got == pytest.approx(recorded["psnr_y"], abs=1e-4)   # float rounding can flip a rounded pixel
+    state = model.state_dict()
+    authors = ck.build_architecture({**info["architecture"], "variant": ck.AUTHORS_VARIANT})
+    authors.load_state_dict(state)
+    other = evaluate(authors, data, name, "embedded", metrics=("y_crop4",), progress=False)[0]["psnr_y"]
+    assert abs(other - recorded["psnr_y"]) > 1e-3
