@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from torch.utils.data import Dataset
 
 from .data import EmbeddedTestPairs, make_pair
-from .degradation import bicubic_downsample, to_uint8, upsample_lr
+from .degradation import bicubic_downsample, crop_to_multiple, to_uint8, upsample_lr
 from .errors import InputError
 from .metrics import psnr, ssim
 
@@ -195,16 +195,46 @@ def _reference_kind(item: dict, dataset) -> str:
 
 
 @torch.no_grad()
+def authors_padded_input(hr: torch.Tensor, ref: torch.Tensor, scale: int = 4):
+    """The authors' test input for a pair of different sizes (their ref_test_dataset.py).
+
+    hr (3,H,W), ref (3,H',W') float in [0,1]: both cropped to multiples of ``scale``, zero-padded at the bottom
+    and right to the larger height and width, and the LR made from the *padded* HR (PIL bicubic /scale).
+    Returns (lr (1,3,Hc/s,Wc/s), ref (1,3,Hc,Wc), original_size (H, W)); a pair of equal sizes is returned as
+    it is (no padding, the LR of the HR).
+    """
+    hr_u8 = crop_to_multiple(to_uint8(hr), scale)
+    ref_u8 = crop_to_multiple(to_uint8(ref), scale)
+    (h, w), (hr_, wr_) = hr_u8.shape[:2], ref_u8.shape[:2]
+    th, tw = max(h, hr_), max(w, wr_)
+    hr_p = np.zeros((th, tw, 3), np.uint8)
+    hr_p[:h, :w] = hr_u8
+    ref_p = np.zeros((th, tw, 3), np.uint8)
+    ref_p[:hr_, :wr_] = ref_u8
+
+    def t(a):
+        return torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255
+    return t(bicubic_downsample(hr_p, scale)), t(ref_p), (h, w)
+
+
 def evaluate(model: Callable, dataset, model_name: str, dataset_name: str,
              metrics: Iterable[str] = ("y_crop4", "y_crop0"), device: torch.device | str = "cpu",
-             tile: int | None = None, overlap: int = 8, progress: bool = True, **row_fields) -> list[dict]:
+             tile: int | None = None, overlap: int = 8, progress: bool = True, padding: str = "lr",
+             **row_fields) -> list[dict]:
     """Evaluate ``model`` on every item of ``dataset``; return one row per (image, metric protocol).
 
     model: callable (lr (1,3,h,w), ref (1,3,Hr,Wr)) -> sr (1,3,4h,4w), float in [0,1].
     dataset: items with "hr", "lr", "ref" float (3,H,W) in [0,1] and "name" (rrsr_lib.data's datasets).
     Rows: {model, dataset, name, reference, metric, metric_note, psnr_y, ssim_y, **row_fields}.
     tile: LR tile side for large images (see :func:`tiled_forward`), None for whole images.
+    padding: for pairs of different sizes, "lr" (the LR of the HR image; the model pads at LR scale) or "hr"
+    (the authors' test protocol, :func:`authors_padded_input`; for models that take ``original_size``, as
+    rrsr_lib.models.RRSR; written into each row as "padding").
     """
+    if padding not in ("lr", "hr"):
+        raise InputError(f"padding must be 'lr' or 'hr' (the authors' test protocol), got {padding!r}")
+    if padding == "hr" and tile is not None:
+        raise InputError("padding='hr' evaluates whole images: leave tile at None")
     unknown = [m for m in metrics if m not in METRIC_PROTOCOLS]
     if unknown:
         raise InputError(f"unknown metric protocol(s) {unknown}; choose from {list(METRIC_PROTOCOLS)}")
@@ -213,10 +243,14 @@ def evaluate(model: Callable, dataset, model_name: str, dataset_name: str,
     rows = []
     for i in tqdm(range(len(dataset)), desc=f"{model_name} on {dataset_name}", disable=not progress, leave=False):
         item = dataset[i]
-        lr = item["lr"].unsqueeze(0).to(device)
-        ref = item["ref"].unsqueeze(0).to(device)
-        sr = tiled_forward(model, lr, ref, tile=tile, overlap=overlap)
         hr_u8 = to_uint8(item["hr"])
+        if padding == "hr":
+            lr, ref, size = authors_padded_input(item["hr"], item["ref"])
+            sr = model(lr.to(device), ref.to(device), original_size=size)
+        else:
+            lr = item["lr"].unsqueeze(0).to(device)
+            ref = item["ref"].unsqueeze(0).to(device)
+            sr = tiled_forward(model, lr, ref, tile=tile, overlap=overlap)
         if tuple(sr.shape[-2:]) != hr_u8.shape[:2]:
             raise InputError(f"model {model_name} returned {tuple(sr.shape[-2:])} for an HR of {hr_u8.shape[:2]}")
         sr_u8 = to_uint8(sr[0])
@@ -225,7 +259,7 @@ def evaluate(model: Callable, dataset, model_name: str, dataset_name: str,
             rows.append({"model": model_name, "dataset": dataset_name, "name": item["name"],
                          "reference": _reference_kind(item, dataset), "metric": m, "metric_note": note,
                          "psnr_y": psnr(sr_u8, hr_u8, crop, y), "ssim_y": ssim(sr_u8, hr_u8, crop, y),
-                         **row_fields})
+                         **({"padding": "hr (authors)"} if padding == "hr" else {}), **row_fields})
     return rows
 
 
@@ -322,14 +356,16 @@ def main(argv: list[str] | None = None) -> int:
             label = f"authors:{Path(args.authors_weights).name}"
             model = load_authors_checkpoint(args.authors_weights, args.authors_features, device)
             models.append((label, model, {"model": "rrsr", "config": "paper", "reciprocal": True, "seed": None,
+                                          "padding": "hr",
                                           "weights": str(args.authors_weights),
                                           "features": str(args.authors_features or "shipped contrastive trunks")}))
         rows = []
         for dataset_name, kind, protocol, data in protocol_datasets(args.pairs, args.window, 32, args.cufed5,
                                                                     args.cufed5_limit):
             for label, model, fields in models:
-                got = evaluate(model, data, fields["model"], dataset_name, device=device, tile=args.tile,
-                               checkpoint=label, protocol=protocol, **{k: v for k, v in fields.items() if k != "model"})
+                got = evaluate(model, data, fields["model"], dataset_name, device=device,
+                               tile=None if fields.get("padding") == "hr" else args.tile, checkpoint=label,
+                               protocol=protocol, **{k: v for k, v in fields.items() if k != "model"})
                 for r in got:   # a Subset hides the dataset's type: the reference kind is set here
                     r["reference"] = kind
                 rows += got

@@ -149,3 +149,52 @@ def test_evaluate_reads_every_public_layout_and_names_the_reference(tmp_path):
             crop = 4 if r["metric"] == "y_crop4" else 0
             assert r["psnr_y"] == pytest.approx(psnr(upsample_lr(bicubic_downsample(hr)), hr, crop_border=crop), abs=1e-9)
     assert Sun80(tmp_path / "Sun80")[0]["ref_file"] == "m1.png"   # the documented choice: first in sorted order
+
+
+def test_the_authors_padding_pads_hr_and_ref_to_a_common_size_before_the_lr_is_made():
+    from rrsr_lib.evaluate import authors_padded_input
+    g = torch.Generator().manual_seed(0)
+    hr = torch.randint(0, 256, (3, 40, 48), generator=g).float() / 255
+    ref = torch.randint(0, 256, (3, 51, 36), generator=g).float() / 255   # cropped to 48 x 36 first
+    lr, ref_p, size = authors_padded_input(hr, ref)
+    assert size == (40, 48) and lr.shape == (1, 3, 12, 12) and ref_p.shape == (1, 3, 48, 48)
+    padded = np.zeros((48, 48, 3), np.uint8)
+    padded[:40, :48] = to_uint8(hr)
+    assert torch.equal(lr[0], torch.from_numpy(np.array(bicubic_downsample(padded))).permute(2, 0, 1).float() / 255)
+    assert torch.equal(ref_p[0, :, :48, :36], ref[:, :48, :36]) and not ref_p[0, :, :, 36:].any()
+    same_lr, same_ref, same_size = authors_padded_input(hr, hr)
+    assert same_size == (40, 48) and same_lr.shape == (1, 3, 10, 12)
+
+
+def test_evaluate_with_the_authors_padding_calls_the_model_with_the_unpadded_size():
+    from rrsr_lib.models import build_model
+    model = build_model("rrsr", "small", matching="vgg").eval()
+    calls = []
+    original = model.forward
+
+    def spy(lr, ref, trace=None, original_size=None):
+        calls.append((tuple(lr.shape), tuple(ref.shape), original_size))
+        return original(lr, ref, trace, original_size)
+    model.forward = spy
+    hr, ref = torch.rand(3, 32, 40), torch.rand(3, 40, 32)
+    item = {"hr": hr, "lr": torch.from_numpy(np.array(bicubic_downsample(to_uint8(hr)))).permute(2, 0, 1).float() / 255,
+            "ref": ref, "name": "x"}
+    rows = evaluate(model, [item], "rrsr", "toy", padding="hr", progress=False)
+    assert calls == [((1, 3, 10, 10), (1, 3, 40, 40), (32, 40))]
+    assert all(r["padding"] == "hr (authors)" for r in rows)
+    with pytest.raises(InputError, match="padding must be"):
+        evaluate(model, [item], "rrsr", "toy", padding="canvas")
+
+
+def test_protocol_datasets_name_the_embedded_and_both_cufed5_reference_protocols(tmp_path):
+    from rrsr_lib.evaluate import protocol_datasets
+    rng = np.random.default_rng(1)
+    for g in ("000", "001", "002"):
+        for level in range(6):
+            _write_png(tmp_path / f"{g}_{level}.png", rng)
+    sets = protocol_datasets(pairs=2, window=32, cufed5_root=tmp_path, cufed5_limit=2)
+    assert [(name, kind) for name, kind, _, _ in sets] == [("embedded", "pair-window"), ("CUFED5", "level-1"),
+                                                          ("CUFED5", "stitched")]
+    assert [len(data) for *_, data in sets] == [2, 2, 2]
+    assert "2 groups" in sets[1][2] and "whole images" in sets[2][2]
+    assert [k for _, k, _, _ in protocol_datasets(pairs=1, window=0)] == ["pair"]
