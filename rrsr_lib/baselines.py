@@ -37,7 +37,7 @@ from torch import nn
 from .blocks import LRELU_SLOPE, Upsample2x, authors_init_, conv3x3, residual_stack
 from .errors import InputError
 from .matching import match_patches, normalize_pixels
-from .models import RRSR, ContentExtractor, register_model, resolve_config
+from .models import RRSR, ContentExtractor, check_inputs, register_model, resolve_config
 from .vgg import VGGFeatures
 
 __all__ = ["SISRConfig", "SingleImageSR", "C2_CONFIGS", "C2Matching", "TTSRConfig", "TextureTransformer", "TTSR",
@@ -45,11 +45,6 @@ __all__ = ["SISRConfig", "SingleImageSR", "C2_CONFIGS", "C2Matching", "TTSRConfi
 
 # C2-Matching's restoration network, counted from the authors' architecture (RRSR.md, "Size")
 C2_AUTHORS_PARAMETERS = 8_865_547
-
-
-def _check_call(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor) -> None:
-    # the same input checks as RRSR's (shapes, dtype, batch sizes, devices); they use no state of the model
-    RRSR._check(model, lr, ref)
 
 
 def _config(configs: dict, config, kind: str):
@@ -110,7 +105,7 @@ class SingleImageSR(nn.Module):
         authors_init_(self)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        _check_call(self, lr, ref)
+        lr, ref = check_inputs(lr, ref, self.content.conv_first.weight.dtype, check_range=not self.training)
         x = self.content(lr)
         for stages, up in ((self.x1, self.up1), (self.x2, self.up2), (self.x4, None)):
             for stage in stages:
@@ -276,7 +271,7 @@ class TTSR(nn.Module):
         authors_init_(self.content, self.heads, self.bodies, self.body_tails, self.up, self.tail)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        _check_call(self, lr, ref)
+        lr, ref = check_inputs(lr, ref, self.content.conv_first.weight.dtype, check_range=not self.training)
         # zero-pad the reference (bottom, right) to a multiple of 4, and to at least one 3x3 patch at LR scale
         hr_, wr_ = ref.shape[2:]
         ph, pw = max(-(-hr_ // 4) * 4, 12), max(-(-wr_ // 4) * 4, 12)

@@ -9,3 +9,8 @@ catch ``ValueError`` keep working.
 
 class InputError(ValueError):
     """Something the user gave (file, folder, array, parameter) is not usable; the message says why and how to fix it."""
+
+
+class DivergenceError(InputError):
+    """Training produced non-finite values (a loss, or pass 1's SR): the run's parameters (usually the learning
+    rate) do not work; the message names the step and what was kept."""

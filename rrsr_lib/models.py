@@ -51,7 +51,7 @@ from .offsets import flow_from_index, pre_offsets, to_deform_offsets
 from .selection import SELECTION_ACTIVATIONS, PlainHead, SelectionBlock
 from .vgg import VGGFeatures
 
-__all__ = ["RRSRConfig", "CONFIGS", "ABLATIONS", "resolve_config", "RRSR", "Stage", "ContentExtractor",
+__all__ = ["check_inputs", "RRSRConfig", "CONFIGS", "ABLATIONS", "resolve_config", "RRSR", "Stage", "ContentExtractor",
            "MatchingFrontEnd", "VGGMatchingFeatures", "MODELS", "register_model", "build_model",
            "offset_scale", "count_parameters", "parameter_table", "count_macs", "AUTHORS_PARAMETERS"]
 
@@ -280,6 +280,44 @@ def _default_matching_features(kind: str, texture: VGGFeatures) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 # the network
 # ----------------------------------------------------------------------------------------------
+# values may exceed [0, 1] by this much (float rounding of images that were x / 255)
+_RANGE_SLACK = 1e-3
+
+
+def check_inputs(lr, ref, dtype: torch.dtype | None = None, check_range: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input check of every model's call ``model(lr, ref)``; returns (lr, ref), converted to ``dtype``.
+
+    lr [B, 3, h, w] and ref [B, 3, Hr, Wr]: float tensors, B >= 1, on one device, every value finite and (with
+    ``check_range``) in [0, 1] up to rounding. float64, float16 and bfloat16 inputs are converted to ``dtype``
+    (the model's parameters' dtype). Anything else raises one InputError naming the tensor and the fix. Models
+    check the range in eval mode only: in training, pass 2 of reciprocal learning takes the unclamped SR as
+    its reference.
+    """
+    out = []
+    for name, t in (("lr", lr), ("ref", ref)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != 3 or not t.dtype.is_floating_point:
+            raise InputError(f"{name} must be a float tensor [B, 3, H, W] with values in [0, 1], "
+                             f"got {getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+        if t.shape[0] == 0 or t.shape[2] == 0 or t.shape[3] == 0:
+            raise InputError(f"{name} is empty (shape {tuple(t.shape)}): give at least one image of at least 1x1 pixels")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise InputError(f"{name} has {bad} non-finite value(s) (NaN or Inf); fix the image or replace them, "
+                             f"e.g. torch.nan_to_num({name}).clamp(0, 1)")
+        if check_range:
+            lo, hi = float(t.min()), float(t.max())
+            if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+                raise InputError(f"{name} has values in [{lo:.4g}, {hi:.4g}], outside [0, 1]: images are float in "
+                                 "[0, 1] (divide 8-bit images by 255, e.g. rrsr_lib.degradation.to_tensor)")
+        out.append(t.to(dtype) if dtype is not None and t.dtype != dtype else t)
+    lr, ref = out
+    if lr.shape[0] != ref.shape[0]:
+        raise InputError(f"lr and ref must have the same batch size, got {lr.shape[0]} and {ref.shape[0]}")
+    if lr.device != ref.device:
+        raise InputError(f"lr is on {lr.device} and ref on {ref.device}; move both to the model's device")
+    return lr, ref
+
+
 class RRSR(nn.Module):
     """RRSR: model(lr, ref) -> sr.
 
@@ -330,16 +368,6 @@ class RRSR(nn.Module):
         """LR-scale size of the common canvas: max(h, ceil(Hr/4), 3) x max(w, ceil(Wr/4), 3)."""
         return (max(lr_hw[0], math.ceil(ref_hw[0] / 4), 3), max(lr_hw[1], math.ceil(ref_hw[1] / 4), 3))
 
-    def _check(self, lr, ref):
-        for name, t in (("lr", lr), ("ref", ref)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != 3 or not t.dtype.is_floating_point:
-                raise InputError(f"{name} must be a float tensor [B, 3, H, W] with values in [0, 1], "
-                                 f"got {getattr(t, 'shape', type(t))}")
-        if lr.shape[0] != ref.shape[0]:
-            raise InputError(f"lr and ref must have the same batch size, got {lr.shape[0]} and {ref.shape[0]}")
-        if lr.device != ref.device:
-            raise InputError(f"lr is on {lr.device} and ref on {ref.device}; move both to the model's device")
-
     def forward(self, lr: torch.Tensor, ref: torch.Tensor, trace: dict | None = None,
                 original_size: tuple[int, int] | None = None) -> torch.Tensor:
         """SR image [B, 3, 4h, 4w], or [B, 3, H, W] when ``original_size`` = (H, W) is given.
@@ -351,7 +379,7 @@ class RRSR(nn.Module):
         ``trace``: an optional dict that receives the matching result and, per scale, each stage's offsets,
         masks, routing weights and gates (for the notebooks).
         """
-        self._check(lr, ref)
+        lr, ref = check_inputs(lr, ref, self.content.conv_first.weight.dtype, check_range=not self.training)
         b, _, h, w = lr.shape
         hc, wc = self.canvas_size((h, w), ref.shape[2:])
         if original_size is not None:

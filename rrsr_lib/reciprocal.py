@@ -34,7 +34,7 @@ from torch import nn
 
 from .data.warp import random_homography_warp
 from .degradation import bicubic_downsample
-from .errors import InputError
+from .errors import DivergenceError, InputError
 from .losses import l1_loss
 
 __all__ = ["RECIPROCAL_WEIGHT", "WARP_SHIFT_PX", "warped_reference", "add_warped_reference",
@@ -111,6 +111,9 @@ def reciprocal_passes(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     """
     # pass 1: SR = f(LR, Ref)
     sr = model(lr, ref)
+    if not torch.isfinite(sr).all():
+        # pass 2 would refuse this SR as its reference: say what happened instead
+        raise DivergenceError("pass 1 produced non-finite SR values (NaN or Inf): training diverged")
     # pass 2: Ref_w_hat = f(LR(Ref_w), SR). SR is the reference and is NOT detached: the gradient of the
     # reciprocal term flows back into pass 1.
     ref_w_hat = model(lr_ref_w, sr)

@@ -35,8 +35,10 @@ import argparse
 import copy
 import csv
 import json
+import math
 import os
 import random
+import reprlib
 import sys
 import time
 from contextlib import nullcontext
@@ -51,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .degradation import to_uint8
 from .device import keep_freed_cpu_memory, pick_device, seed_everything
-from .errors import InputError
+from .errors import DivergenceError, InputError
 from .losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalty, l1_loss, wgan_critic_loss,
                      wgan_generator_loss)
 from .metrics import psnr, ssim
@@ -141,6 +143,17 @@ PARAMETERS: dict[str, tuple[Any, type, Callable[[Any], bool], str, str]] = {
 _RESUMABLE_CHANGES = {"iterations", "val_every", "val_limit", "checkpoint_every", "log_every", "output_dir",
                       "resume", "progress", "num_workers", "device", "data_root", "val_root", "val_dataset"}
 
+# learning rates above this are announced: Adam on these networks diverges well before it
+_LR_WARN = 0.01
+_LEARNING_RATES = ("lr", "d_lr", "offset_lr_x1", "offset_lr_x2", "offset_lr_x4")
+
+
+def _short(value, limit: int = 80) -> str:
+    """repr of a value, cut to ``limit`` characters (a parameter can be huge)."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 _LOG_KEYS = ("loss", "l1", "reciprocal", "perceptual", "texture", "gan_g", "critic", "gp")
 
 
@@ -164,12 +177,19 @@ def check_params(params: Mapping[str, Any] | None = None, **overrides) -> dict[s
             value = float(value)
         ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
         if not ok:
-            raise InputError(f"training parameter {name!r} must be of type {typ.__name__}, got {value!r} "
+            raise InputError(f"training parameter {name!r} must be of type {typ.__name__}, got {_short(value)} "
                              f"({type(value).__name__}); fix it in your parameter file")
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise InputError(f"training parameter {name!r} must be finite, got {value!r}; fix it in your parameter file")
         if not rule(value):
-            raise InputError(f"training parameter {name!r} has an invalid value {value!r}: it must be so that "
+            raise InputError(f"training parameter {name!r} has an invalid value {_short(value)}: it must be so that "
                              f"it {allowed}")
         out[name] = value
+    for name in _LEARNING_RATES:
+        if out[name] > _LR_WARN:
+            print(f"rrsr_lib.train: warning: {name} = {out[name]:g} is far above the authors' "
+                  f"{PARAMETERS[name][0]:g}; Adam will likely diverge (training stops at the first non-finite loss)")
     if out["warp_min_px"] > out["warp_max_px"]:
         raise InputError(f"warp_min_px ({out['warp_min_px']}) is larger than warp_max_px ({out['warp_max_px']}); "
                          "the authors use 5 and 19")
@@ -533,6 +553,9 @@ class Trainer:
             gen = wgan_generator_loss(self.disc(sr))
             loss = loss + p["gan_weight"] * gen
             logs["gan_g"] = gen.item()
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if v)
+            raise DivergenceError(f"the loss is not finite ({parts}): training diverged; this step updated nothing")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -687,8 +710,16 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
     t0 = time.perf_counter()
     t_window = time.perf_counter()
     last_val = None
+    last_saved = start if ckpt.exists() else None
     for batch in loader:
-        logs = trainer.step(batch)
+        try:
+            logs = trainer.step(batch)
+        except DivergenceError as exc:
+            bar.close()
+            kept = (f"the last good checkpoint is kept: {ckpt} (step {last_saved})" if last_saved is not None
+                    else "no checkpoint had been written yet")
+            raise DivergenceError(f"step {trainer.step_count}: {exc}; {kept}; lower lr (now {p['lr']:g}) and "
+                                  "train again") from None
         s = trainer.step_count
         for k in _LOG_KEYS:
             acc[k] += logs[k]
@@ -705,6 +736,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
             last_val = run_validation() or last_val
         if p["checkpoint_every"] and s % p["checkpoint_every"] == 0:
             save_checkpoint()
+            last_saved = s
         if world > 1:
             dist.barrier()
         if stop_after is not None and s >= stop_after:

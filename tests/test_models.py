@@ -310,3 +310,72 @@ def test_bad_inputs_raise_input_error(small):
         small(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 32, 32))
     with pytest.raises(InputError, match="ref must be"):
         small(torch.rand(1, 3, 8, 8), torch.randint(0, 255, (1, 3, 32, 32)))
+
+
+def _nan_at(t):
+    t = t.clone()
+    t[0, 1, 2, 3] = float("nan")
+    return t
+
+
+def _inf_at(t):
+    t = t.clone()
+    t[0, 0, 0, 0] = float("inf")
+    return t
+
+
+# (what is wrong, lr, ref, the message): every bad call ends in one InputError naming the tensor and the fix
+_BAD_CALLS = {
+    "NaN pixel in lr": (lambda: _nan_at(torch.rand(1, 3, 6, 6)), lambda: torch.rand(1, 3, 24, 24),
+                        r"lr has 1 non-finite value\(s\) \(NaN or Inf\).*nan_to_num"),
+    "Inf pixel in ref": (lambda: torch.rand(1, 3, 6, 6), lambda: _inf_at(torch.rand(1, 3, 24, 24)),
+                         r"ref has 1 non-finite value"),
+    "0-255 values": (lambda: torch.rand(1, 3, 6, 6) * 255, lambda: torch.rand(1, 3, 24, 24),
+                     r"lr has values in \[.*\], outside \[0, 1\].*divide 8-bit images by 255"),
+    "negative values": (lambda: torch.rand(1, 3, 6, 6), lambda: torch.rand(1, 3, 24, 24) - 0.5,
+                        r"ref has values in \[-0\.\d+, .*outside \[0, 1\]"),
+    "empty batch": (lambda: torch.rand(0, 3, 6, 6), lambda: torch.rand(0, 3, 24, 24), r"lr is empty \(shape \(0, 3, 6, 6\)\)"),
+    "uint8 image": (lambda: torch.randint(0, 256, (1, 3, 6, 6), dtype=torch.uint8), lambda: torch.rand(1, 3, 24, 24),
+                    r"lr must be a float tensor \[B, 3, H, W\].*got torch.uint8"),
+    "grey image": (lambda: torch.rand(1, 1, 6, 6), lambda: torch.rand(1, 3, 24, 24), r"lr must be a float tensor \[B, 3, H, W\]"),
+    "batch sizes differ": (lambda: torch.rand(2, 3, 6, 6), lambda: torch.rand(1, 3, 24, 24), r"same batch size, got 2 and 1"),
+}
+
+
+@pytest.fixture(scope="module")
+def every_model():
+    from rrsr_lib.baselines import C2_CONFIGS
+    torch.manual_seed(0)
+    return {"rrsr": build_model("rrsr", "small", matching="vgg").eval(),
+            "c2": build_model("c2", {**C2_CONFIGS["small"], "matching": "vgg"}).eval(),
+            "sisr": build_model("sisr", "small").eval(), "ttsr": build_model("ttsr", "small").eval()}
+
+
+@pytest.mark.parametrize("model_name", ["rrsr", "sisr", "c2", "ttsr"])
+@pytest.mark.parametrize("case", sorted(_BAD_CALLS))
+def test_every_model_refuses_bad_inputs_with_one_message(case, model_name, every_model):
+    lr, ref, message = _BAD_CALLS[case]
+    with pytest.raises(InputError, match=message):
+        with torch.no_grad():
+            every_model[model_name](lr(), ref())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_converted_to_the_models(dtype, small):
+    small.eval()
+    lr, ref = torch.rand(1, 3, 6, 6), torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        expected = small(lr.to(dtype).float(), ref.to(dtype).float())
+        got = small(lr.to(dtype), ref.to(dtype))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_values_a_rounding_step_outside_0_1_and_training_mode_references_are_accepted(small):
+    lr, ref = torch.rand(1, 3, 6, 6), torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        small.eval()
+        small(lr + 5e-4, ref - 5e-4)
+        small.train()   # pass 2 of reciprocal learning: the reference is the unclamped SR
+        small(lr, ref * 1.2 - 0.1)
+    small.eval()

@@ -92,3 +92,13 @@ def test_reciprocal_wrapper_is_pass_1_at_inference_and_trains_with_both_passes()
     assert torch.equal(out2["ref_w"], batch["ref_w"])
     with pytest.raises(InputError, match="missing"):
         wrapped.training_loss({"lr": batch["lr"]})
+
+
+def test_a_non_finite_pass_1_stops_training_before_pass_2_sees_it():
+    from rrsr_lib.errors import DivergenceError
+    from rrsr_lib.reciprocal import reciprocal_passes
+
+    def exploded(lr, ref):
+        return torch.full((lr.shape[0], 3, 4 * lr.shape[2], 4 * lr.shape[3]), float("nan"))
+    with pytest.raises(DivergenceError, match="pass 1 produced non-finite SR values"):
+        reciprocal_passes(exploded, torch.rand(1, 3, 4, 4), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 4, 4))

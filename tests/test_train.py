@@ -42,6 +42,11 @@ def test_defaults_are_the_authors_configuration():
     ({"hr_patch": 160, "lr_patch": 32}, "hr_patch / 4"),
     ({"warp_min_px": 20.0}, "larger than warp_max_px"),
     ({"dataset": "cufed", "data_root": ""}, "needs data_root"),
+    ({"lr": float("inf")}, "'lr' must be finite"),
+    ({"lr": float("nan")}, "'lr' must be finite"),
+    ({"betas": [0.9, float("nan")]}, "'betas' must be finite"),
+    ({"warp_max_px": float("inf")}, "'warp_max_px' must be finite"),
+    ({"iterations": [[list(range(100))] * 100] * 100}, r"must be of type int, got \[\[\[0, 1, 2, 3, 4, 5, \.\.\.\]"),
 ])
 def test_bad_params_are_refused_with_a_clear_message(bad, message):
     with pytest.raises(InputError, match=message):
@@ -259,3 +264,32 @@ def test_notebook_07_declares_exactly_the_training_parameters():
     declared = {node.target.id: ast.literal_eval(node.value) for node in tree.body}
     assert set(declared) == set(PARAMETERS)
     check_params(declared)  # the notebook's CPU defaults are valid training parameters
+
+
+def test_a_learning_rate_far_above_the_authors_is_announced(capsys):
+    check_params(lr=1e-3)
+    assert capsys.readouterr().out == ""
+    check_params(lr=1000.0)
+    assert "lr = 1000 is far above the authors' 0.0001" in capsys.readouterr().out
+
+
+def test_a_diverging_run_stops_with_one_message_naming_the_step_and_the_kept_checkpoint(tmp_path):
+    from rrsr_lib.errors import DivergenceError
+    params = dict(TINY, iterations=8, checkpoint_every=2, output_dir=str(tmp_path / "run"), reciprocal=False)
+    model = ToyRefSR()
+    step = Trainer.step
+
+    def poisoned(self, batch):   # the loss becomes NaN at step 5, as with a learning rate that blows up
+        if self.step_count == 4:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return step(self, batch)
+    Trainer.step = poisoned
+    try:
+        with pytest.raises(DivergenceError, match=r"step 5: the loss is not finite \(l1 nan\): training diverged; this step "
+                                                  r"updated nothing; the last good checkpoint is kept: .*checkpoint\.pt "
+                                                  r"\(step 4\); lower lr \(now 0\.001\)"):
+            train(params, model=model)
+    finally:
+        Trainer.step = step
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["trainer"]["step"] == 4
