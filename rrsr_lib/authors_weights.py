@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .files import load_tensors
 
 __all__ = ["authors_key", "restoration_key_map", "map_restoration_state", "read_state_dict",
            "load_authors_features", "load_authors_checkpoint", "FEATURE_LAYERS"]
@@ -101,14 +102,7 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     file for a missing, unreadable or non-state-dict file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path} not found; give the path of the authors' released file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:   # truncated file, a pickle that would run code, not a torch file at all
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} {path} cannot be read as a weights-only torch file ({first[:200]}); "
-                         "download the file again") from None
+    obj = load_tensors(path, what, "give the path of the authors' released file (download it again if it is damaged)")
     for key in ("state_dict", "params"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .files import atomic_torch_save, atomic_write_text, load_tensors, sha256_file
 from .figures import project_root
 
 __all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "QUANTIZE_MIN_NUMEL", "checkpoints_dir", "checkpoint_names",
@@ -262,21 +264,6 @@ def unpack_state_dict(packed: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_checkpoint(model: nn.Module, folder: str | Path, arch: dict, **info) -> dict:
     """Write ``folder/model.pt`` (packed, see :func:`pack_state_dict`) and ``folder/info.json`` atomically.
 
@@ -286,19 +273,21 @@ def save_checkpoint(model: nn.Module, folder: str | Path, arch: dict, **info) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.pt"
-    tmp = folder / ".model.pt.tmp"
-    torch.save(pack_state_dict(model), tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(pack_state_dict(model), path)
     record = {"format": FORMAT, "architecture": dict(arch), "frozen_fingerprint": frozen_fingerprint(model),
               "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "sha256": sha256_file(path), "bytes": path.stat().st_size, **info}
-    _atomic_write_text(folder / "info.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(folder / "info.json", json.dumps(record, indent=1) + "\n")
     return record
 
 
 # ----------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------
+# a checkpoint is named by its folder inside the checkpoints folder: no separators, no "..", no hidden names
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def _train_command(name: str) -> str:
     return f"`python scripts/train_checkpoints.py {name}`"
 
@@ -307,6 +296,9 @@ def checkpoint_info(name: str, root: str | Path | None = None) -> dict:
     """info.json of a checkpoint (architecture, sha256, bytes, training time). Raises InputError naming the
     command that trains the checkpoint when its folder or files are missing."""
     root = Path(root) if root is not None else checkpoints_dir()
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InputError(f"checkpoint name {name!r} must be a folder name inside {root} (letters, digits, '_', "
+                         f"'-', '.'; no path); the shipped checkpoints are {checkpoint_names()}")
     folder = root / name
     known = name in CHECKPOINTS
     if not (folder / "info.json").is_file() or not (folder / "model.pt").is_file():
@@ -315,10 +307,17 @@ def checkpoint_info(name: str, root: str | Path | None = None) -> dict:
                f"`git checkout -- checkpoints/{name}`") if known else \
             f"the shipped checkpoints are {checkpoint_names()}"
         raise InputError(f"checkpoint {name!r} is missing ({folder / missing} not found); {how}")
+    fix = (f"restore it with `git checkout -- checkpoints/{name}` or retrain with {_train_command(name)}" if known
+           else "write it with rrsr_lib.checkpoints.save_checkpoint")
     try:
-        return json.loads((folder / "info.json").read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"{folder / 'info.json'} is not valid JSON ({exc}); retrain with {_train_command(name)}") from None
+        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{folder / 'info.json'} is not valid JSON ({str(exc)[:80]}); {fix}") from None
+    arch = info.get("architecture") if isinstance(info, dict) else None
+    if not isinstance(arch, dict) or not isinstance(arch.get("model"), str) or not isinstance(info.get("sha256"), str):
+        raise InputError(f"{folder / 'info.json'} lacks the architecture record or the sha256 a checkpoint's "
+                         f"info.json holds; {fix}")
+    return info
 
 
 def load_checkpoint(name: str, device: torch.device | str = "cpu", root: str | Path | None = None,
@@ -345,8 +344,9 @@ def load_checkpoint(name: str, device: torch.device | str = "cpu", root: str | P
         raise InputError(f"checkpoint {name!r} was trained with other frozen features (VGG / matching trunks: "
                          f"{info['architecture']}) than this installation builds; restore rrsr_lib/weights and the "
                          f"VGG weights it names, or retrain it with {_train_command(name)}")
-    packed = torch.load(path, map_location="cpu", weights_only=True)
-    state = unpack_state_dict(packed)
+    how = (f"restore it with `git checkout -- checkpoints/{name}` or retrain it with {_train_command(name)}"
+           if name in CHECKPOINTS else "write it again with rrsr_lib.checkpoints.save_checkpoint")
+    state = unpack_state_dict(load_tensors(path, "checkpoint", how))
     result = model.load_state_dict(state, strict=False)
     prefixes = frozen_prefixes(model)
     not_frozen = [k for k in result.missing_keys if not any(k.startswith(p) for p in prefixes)]
@@ -431,7 +431,7 @@ def write_params(name: str, root: str | Path | None = None) -> Path:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "params.yaml"
-    _atomic_write_text(path, params_text(name))
+    atomic_write_text(path, params_text(name))
     load_params(path)  # the file must be valid for rrsr_lib.train
     return path
 

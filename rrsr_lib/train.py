@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from .degradation import to_uint8
 from .device import keep_freed_cpu_memory, pick_device, seed_everything
 from .errors import DivergenceError, InputError
+from .files import atomic_torch_save, atomic_write_text, load_tensors
 from .losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalty, l1_loss, wgan_critic_loss,
                      wgan_generator_loss)
 from .metrics import psnr, ssim
@@ -400,16 +401,26 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# what a run writes into its output_dir (rrsr_lib.train.train)
+_RUN_FILES = ("checkpoint.pt", "train_log.csv", "val_log.csv", "model.pt", "summary.json")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _move_old_run_aside(out: Path) -> Path | None:
+    """A run that starts over (resume false, or no checkpoint) first moves an earlier run's files into
+    ``out/replaced_<n>/``, the checkpoint first: each move is one rename, so an interruption at any point can
+    never leave an old checkpoint beside new logs. Returns the folder (None when there was nothing)."""
+    present = [n for n in _RUN_FILES if (out / n).exists()]
+    if not present:
+        return None
+    n = 1
+    while (out / f"replaced_{n}").exists():
+        n += 1
+    aside = out / f"replaced_{n}"
+    aside.mkdir()
+    for name in present:
+        os.replace(out / name, aside / name)
+    print(f"rrsr_lib.train: starting over in {out}; the earlier run's {', '.join(present)} moved to {aside}")
+    return aside
 
 
 class _CsvLog:
@@ -421,7 +432,7 @@ class _CsvLog:
     def truncate_after(self, step: int) -> None:
         rows = [r for r in self.read() if int(r["step"]) <= step]
         text = ",".join(self.columns) + "\n" + "".join(",".join(str(r[c]) for c in self.columns) + "\n" for r in rows)
-        _atomic_write_text(self.path, text)
+        atomic_write_text(self.path, text)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
@@ -667,7 +678,11 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
     acc = {k: 0.0 for k in _LOG_KEYS}
     acc_n = 0
     if p["resume"] and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = load_tensors(ckpt, "training checkpoint", "delete it (or set resume: false) to start this run over",
+                             map_location=device)
+        if not isinstance(state, dict) or not {"trainer", "params", "data_order", "log_accumulator"} <= set(state):
+            raise InputError(f"training checkpoint {ckpt} is not one that rrsr_lib.train wrote; delete it (or set "
+                             "resume: false) to start this run over")
         _check_resume(state["params"], p, ckpt)
         if state["data_order"]["world"] != world:
             raise InputError(f"{ckpt} was written by {state['data_order']['world']} process(es), this run has {world}: "
@@ -678,8 +693,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
             train_csv.truncate_after(trainer.step_count)
             val_csv.truncate_after(trainer.step_count)
     elif rank == 0:
-        for log in (train_csv, val_csv):
-            log.path.unlink(missing_ok=True)
+        _move_old_run_aside(out)
     start = trainer.step_count
     samples = _TrainSamples(_training_set(p), p["seed"], p["reciprocal"] and p["reciprocal_weight"] > 0,
                             (p["warp_min_px"], p["warp_max_px"]))
@@ -692,7 +706,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
 
     def save_checkpoint():
         if rank == 0:
-            _atomic_torch_save({"trainer": trainer.state_dict(), "params": p, "log_accumulator": acc,
+            atomic_torch_save({"trainer": trainer.state_dict(), "params": p, "log_accumulator": acc,
                                 "log_count": acc_n, "data_order": {"seed": p["seed"], "n": len(samples),
                                                                    "batch": p["batch_size"], "world": world}}, ckpt)
 
@@ -749,7 +763,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
     save_checkpoint()
     summary = None
     if rank == 0:
-        _atomic_torch_save(trainer.model.state_dict(), out / "model.pt")
+        atomic_torch_save(trainer.model.state_dict(), out / "model.pt")
         val_rows = _float_rows(val_csv.read())
         summary = {"params": p, "device": str(device), "world_size": world, "iterations": trainer.step_count,
                    "seconds_this_session": round(time.perf_counter() - t0, 2),
@@ -758,7 +772,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
                    "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "off",
                    "final_validation": last_val,
                    "best_psnr": max((r["psnr"] for r in val_rows), default=None)}
-        _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()
     return {"output_dir": out, "model": trainer.model, "train_log": _float_rows(train_csv.read()),

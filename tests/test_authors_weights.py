@@ -174,7 +174,7 @@ def test_unreadable_files_are_refused_with_one_message_naming_the_file(tmp_path)
     with pytest.raises(InputError, match="not found"):
         load_authors_checkpoint(tmp_path / "nothing.pth")
     (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04 not a whole file")
-    with pytest.raises(InputError, match="truncated.pth cannot be read"):
+    with pytest.raises(InputError, match="truncated.pth cannot be read: it is truncated or not a torch file"):
         load_authors_checkpoint(tmp_path / "truncated.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(InputError, match="holds no state dict"):

@@ -196,3 +196,34 @@ def test_shipped_checkpoints_still_compute_what_they_were_trained_and_evaluated_
     authors.load_state_dict(state)
     other = evaluate(authors, data, name, "embedded", metrics=("y_crop4",), progress=False)[0]["psnr_y"]
     assert abs(other - recorded["psnr_y"]) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["../checkpoints/rrsr_rec_seed0", "/etc", ".hidden", "a/b", ""])
+def test_checkpoint_names_stay_inside_the_checkpoints_folder(name):
+    with pytest.raises(InputError, match="must be a folder name inside"):
+        ck.load_checkpoint(name)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[]", "lacks the architecture record"),
+    (b'{"architecture": 3, "sha256": "x"}', "lacks the architecture record"),
+    (b"{not json", "is not valid JSON"),
+    (b"\xff\xfe\x00binary", "is not valid JSON"),
+])
+def test_a_malformed_info_json_gives_one_message_naming_it(tmp_path, content, message):
+    folder = tmp_path / "rrsr_rec_seed0"
+    shutil.copytree(SHIPPED / "rrsr_rec_seed0", folder)
+    (folder / "info.json").write_bytes(content)
+    with pytest.raises(InputError, match=rf"info\.json {message}.*git checkout -- checkpoints/rrsr_rec_seed0"):
+        ck.load_checkpoint("rrsr_rec_seed0", root=tmp_path)
+
+
+@pytest.mark.parametrize("cut", [0, 1000])
+def test_a_truncated_model_file_is_named_with_how_to_restore_it(tmp_path, cut):
+    folder = tmp_path / "sisr_plain_seed0"
+    shutil.copytree(SHIPPED / "sisr_plain_seed0", folder)
+    (folder / "model.pt").write_bytes((folder / "model.pt").read_bytes()[:cut])
+    with pytest.raises(InputError, match="has changed: its sha256"):
+        ck.load_checkpoint("sisr_plain_seed0", root=tmp_path)
+    with pytest.raises(InputError, match=r"model\.pt (is empty|cannot be read).*git checkout -- checkpoints/sisr_plain_seed0"):
+        ck.load_checkpoint("sisr_plain_seed0", root=tmp_path, verify=False)

@@ -293,3 +293,35 @@ def test_a_diverging_run_stops_with_one_message_naming_the_step_and_the_kept_che
     finally:
         Trainer.step = step
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["trainer"]["step"] == 4
+
+
+def test_a_restart_that_starts_over_moves_the_old_run_aside_before_its_first_step(tmp_path, capsys):
+    # resume false, interrupted before its first checkpoint: a later resume must start over, not jump to the
+    # old run's step with the new run's log
+    params = dict(TINY, iterations=4, checkpoint_every=2, reciprocal=False, output_dir=str(tmp_path))
+    train(params, model=ToyRefSR())
+    assert (tmp_path / "checkpoint.pt").exists()
+    partial = train(dict(params, resume=False, checkpoint_every=0), model=ToyRefSR(), stop_after=1)
+    assert partial["summary"] is None
+    assert "earlier run's checkpoint.pt, train_log.csv, model.pt, summary.json moved to" in capsys.readouterr().out
+    aside = tmp_path / "replaced_1"
+    assert {p.name for p in aside.iterdir()} == {"checkpoint.pt", "train_log.csv", "model.pt", "summary.json"}
+    assert not (tmp_path / "checkpoint.pt").exists()
+    resumed = train(params, model=ToyRefSR())
+    assert [r["step"] for r in resumed["train_log"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"checkpoint\.pt is empty \(0 bytes\)"),
+    (b"PK\x03\x04 cut", r"checkpoint\.pt cannot be read: it is truncated"),
+])
+def test_a_damaged_training_checkpoint_is_named_with_how_to_start_over(tmp_path, content, message):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(InputError, match=message + r".*delete it \(or set resume: false\)"):
+        train(dict(TINY, iterations=2, output_dir=str(tmp_path)), model=ToyRefSR())
+
+
+def test_a_training_checkpoint_that_is_not_ours_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(InputError, match="is not one that rrsr_lib.train wrote"):
+        train(dict(TINY, iterations=2, output_dir=str(tmp_path)), model=ToyRefSR())

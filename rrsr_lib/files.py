@@ -1,0 +1,76 @@
+"""Files written whole or not at all, read without running code, and hashed: one place for all three.
+
+* ``atomic_write_text`` / ``atomic_torch_save``: write to a temporary name in the same folder, then
+  ``os.replace``: a crash leaves the old file or the new one, never half a file;
+* ``load_tensors``: ``torch.load(weights_only=True)`` with one clear message per way a file can be bad
+  (missing, empty, truncated, not a torch file, a pickle that would run code); the message names the file and
+  the fix given by the caller, and never suggests loading with ``weights_only=False``;
+* ``sha256_file``: the hex digest that manifests and info.json files record.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+__all__ = ["atomic_write_text", "atomic_torch_save", "load_tensors", "sha256_file"]
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    tmp = _tmp(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    tmp = _tmp(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_tensors(path: str | Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, or one InputError: "<what> <path> <problem>; <fix>"."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} not found; {fix}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path} is empty (0 bytes); {fix}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:   # truncated zip, wrong magic number, EOF, refused pickle: torch raises several types
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in text:
+            # a pickle that names a function to call; torch's own text goes on to suggest weights_only=False,
+            # the one thing never to do with such a file, so it is not quoted
+            raise InputError(f"{what} {path} holds objects other than tensors and plain containers (a pickle "
+                             f"that could run code); it was not loaded; {fix}") from None
+        # quote torch's reason, leaving out its lines about weights_only and its documentation
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not any(
+            w in ln for w in ("weights_only", "Weights only", "documentation", "http", "file an issue"))]
+        detail = lines[0][:120] if lines else type(exc).__name__
+        raise InputError(f"{what} {path} cannot be read: it is truncated or not a torch file ({detail}); {fix}") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
