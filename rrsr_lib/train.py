@@ -55,6 +55,7 @@ from .degradation import to_uint8
 from .device import keep_freed_cpu_memory, pick_device, seed_everything
 from .errors import DivergenceError, InputError
 from .files import atomic_torch_save, atomic_write_text, load_tensors
+from .yaml_params import parse_yaml, read_yaml_file
 from .losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalty, l1_loss, wgan_critic_loss,
                      wgan_generator_loss)
 from .metrics import psnr, ssim
@@ -209,16 +210,10 @@ def check_params(params: Mapping[str, Any] | None = None, **overrides) -> dict[s
 
 
 def load_params(path: str | Path, **overrides) -> dict[str, Any]:
-    """Read a YAML parameter file (a flat mapping name -> value) and validate it with :func:`check_params`."""
-    import yaml
-
+    """Read a YAML parameter file (a flat mapping name -> value, YAML 1.2 numbers: rrsr_lib.yaml_params) and
+    validate it with :func:`check_params`."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: parameter file not found; give a YAML file such as notebooks/params/cpu_demo.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the file's syntax") from None
+    data = read_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -784,14 +779,12 @@ def _float_rows(rows: list[dict]) -> list[dict]:
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
-    import yaml
-
     out = {}
     for item in items:
         if "=" not in item:
-            raise InputError(f"--set expects name=value, got {item!r}")
+            raise InputError(f"--set expects name=value, got {item[:80]!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_yaml(v, f"--set {k.strip()[:40]}")
     return out
 
 

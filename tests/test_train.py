@@ -325,3 +325,43 @@ def test_a_training_checkpoint_that_is_not_ours_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint.pt")
     with pytest.raises(InputError, match="is not one that rrsr_lib.train wrote"):
         train(dict(TINY, iterations=2, output_dir=str(tmp_path)), model=ToyRefSR())
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("seed: 010", {"seed": 10}),                    # YAML 1.1: 8 (octal)
+    ("iterations: 1:30", {"iterations": "1:30"}),   # YAML 1.1: 90 (base 60); refused by check_params as a str
+    ("lr: 1e-3", {"lr": 1e-3}),                     # YAML 1.1: the string "1e-3"
+    ("lr: .inf", {"lr": float("inf")}),
+    ("reciprocal: no", {"reciprocal": "no"}),       # YAML 1.1: False
+    ("seed: 0x1f", {"seed": 31}),
+    ("betas: [0.9, 0.999]", {"betas": [0.9, 0.999]}),
+])
+def test_parameter_yaml_has_the_numbers_people_mean(text, expected):
+    from rrsr_lib.yaml_params import parse_yaml
+    assert parse_yaml(text, "p.yaml") == expected
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a: &x [1, 2]\nb: *x\n", r"uses a YAML alias \(\*x\)"),
+    (b"iterations: [&a [1, 1, 1, 1], &b [*a, *a, *a, *a], &c [*b, *b, *b, *b]]\n", r"uses a YAML alias \(\*a\)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00binary", r"not a text file \(not UTF-8\)"),
+    (b"iterations: [1,\n", r"not valid YAML \(.*\); fix its syntax"),
+    (b"x: " + b"1" * (1 << 20) + b"\n", r"more than a parameter file holds"),
+])
+def test_bad_parameter_files_give_one_bounded_message(tmp_path, content, message):
+    f = tmp_path / "p.yaml"
+    f.write_bytes(content)
+    with pytest.raises(InputError, match=message) as info:
+        load_params(f)
+    assert len(str(info.value)) < 400
+
+
+def test_set_values_are_parsed_as_parameter_files_are(tmp_path, capsys):
+    from rrsr_lib.train import _parse_set
+    assert _parse_set(["lr=1e-3", "seed=010", "lr_milestones=[5, 9]"]) == {"lr": 1e-3, "seed": 10, "lr_milestones": [5, 9]}
+    with pytest.raises(InputError, match=r"--set iterations: not valid YAML"):
+        _parse_set(["iterations=[1,"])
+    f = tmp_path / "p.yaml"
+    f.write_text("iterations: 2\n")
+    assert main(["--params", str(f), "--set", "iterations=[1,"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
