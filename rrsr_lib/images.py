@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -31,6 +31,9 @@ MIN_LR_PATCH = 3
 _GRAY_MODES = {"1", "L", "I", "F"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I;16LS"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+# the EXIF tag of a photo's orientation (1 = upright)
+_EXIF_ORIENTATION = 0x0112
+_announced_orientation: set[str] = set()
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -63,6 +66,9 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{p}: is a folder, not an image file; give the path of a .png/.jpg file inside it")
     try:
         img = Image.open(p)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{p}: is too large to decode safely ({exc}); downscale it first, or raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except UnidentifiedImageError:
         raise InputError(f"{p}: is not an image file PIL can read (corrupt, or not an image at all); "
                          "replace it with a valid PNG or JPEG") from None
@@ -101,6 +107,13 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         if mode in _GRAY_MODES:
             raise InputError(f"{p}: is a grayscale image (PIL mode {mode}); RefSR here works on RGB: if a gray "
                              "image is what you mean, save it as RGB with Image.open(path).convert('RGB')")
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation not in (1, None):
+            # a camera's rotated photo: shown upright by every viewer, so read upright too (and said once per file)
+            img = ImageOps.exif_transpose(img)
+            if str(p) not in _announced_orientation:
+                _announced_orientation.add(str(p))
+                print(f"rrsr_lib.images: {p}: EXIF orientation {orientation} applied (the image is read as viewers show it)")
         if mode == "P":
             img = img.convert("RGB")
         elif mode != "RGB":

@@ -396,6 +396,36 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _writable_folder(out: Path) -> None:
+    """Create ``out`` (and its parents) and check that files can be written there; one InputError if not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:   # a file in the way, no permission, a read-only disk
+        raise InputError(f"output_dir {out} cannot be used ({exc.strerror or type(exc).__name__}: "
+                         f"{exc.filename or out}); choose a folder you can write to") from None
+
+
+def _batches(loader):
+    """The loader's batches; an InputError raised in a worker process comes out with its own message (torch
+    wraps it in "Caught InputError in DataLoader worker process 0. Original Traceback ...")."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except InputError as exc:
+            text = str(exc)
+            if "Original Traceback" in text:
+                last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+                text = last.split("InputError: ", 1)[-1]
+            raise InputError(text) from None
+        yield batch
+
+
 # what a run writes into its output_dir (rrsr_lib.train.train)
 _RUN_FILES = ("checkpoint.pt", "train_log.csv", "val_log.csv", "model.pt", "summary.json")
 
@@ -664,7 +694,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     out = resolve_path(p["output_dir"])
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        _writable_folder(out)
     seed_everything(p["seed"])
     trainer = Trainer(p, model=model, device=device, rank=rank, world=world)
     ckpt = out / "checkpoint.pt"
@@ -720,7 +750,7 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
     t_window = time.perf_counter()
     last_val = None
     last_saved = start if ckpt.exists() else None
-    for batch in loader:
+    for batch in _batches(loader):
         try:
             logs = trainer.step(batch)
         except DivergenceError as exc:

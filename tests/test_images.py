@@ -139,3 +139,42 @@ def test_load_hr_crops_or_refuses(tmp_path, rgb):
     save_png(tmp_path / "tiny.png", rgb[:10, :10])
     with pytest.raises(InputError, match=r"tiny\.png: is 10x10 pixels.*too small"):
         load_hr(tmp_path / "tiny.png")
+
+
+def test_a_rotated_camera_photo_is_read_upright_and_said(tmp_path, capsys):
+    upright = np.zeros((12, 20, 3), np.uint8)
+    upright[:, :4] = 255                                    # a white band on the left of the upright image
+    stored = np.ascontiguousarray(np.rot90(upright, 1))     # as the camera stored it: rotated by 90 degrees
+    exif = Image.Exif()
+    exif[0x0112] = 6                                        # "rotate 90 CW to display"
+    Image.fromarray(stored).save(tmp_path / "cam.png", exif=exif)
+    got = load_rgb(tmp_path / "cam.png")
+    assert got.shape == (12, 20, 3)
+    np.testing.assert_array_equal(got, upright)
+    assert "EXIF orientation 6 applied" in capsys.readouterr().out
+
+
+def test_an_image_too_large_to_decode_safely_is_named(tmp_path, rgb, monkeypatch):
+    save_png(tmp_path / "huge.png", rgb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)   # 40 x 44 pixels is then a "decompression bomb"
+    with pytest.raises(InputError, match=r"huge\.png: is too large to decode safely .*MAX_IMAGE_PIXELS"):
+        load_rgb(tmp_path / "huge.png")
+
+
+def test_two_images_with_one_name_are_refused_and_hidden_files_ignored(tmp_path, rgb):
+    from rrsr_lib.data import CUFED5, WRSR, Sun80
+    for g in ("000",):
+        for level in range(6):
+            save_png(tmp_path / "CUFED5" / f"{g}_{level}.png", rgb)
+    Image.fromarray(rgb).save(tmp_path / "CUFED5" / "000_1.jpg")
+    with pytest.raises(InputError, match=r"000_1\.jpg and .*000_1\.png: two images with one name"):
+        CUFED5(tmp_path / "CUFED5")
+    for sub in ("input", "ref"):
+        save_png(tmp_path / "WR-SR" / sub / "a.png", rgb)
+    Image.fromarray(rgb).save(tmp_path / "WR-SR" / "input" / "a.jpg")
+    with pytest.raises(InputError, match=r"a\.jpg and .*a\.png: two images with one name"):
+        WRSR(tmp_path / "WR-SR")
+    save_png(tmp_path / "Sun80" / "Sun_Hays_SR_groundtruth" / "s.png", rgb)
+    save_png(tmp_path / "Sun80" / "Sun_Hays_SR_scenematches" / "s" / "m1.png", rgb)
+    (tmp_path / "Sun80" / "Sun_Hays_SR_scenematches" / "s" / "._a.png").write_bytes(b"macOS resource fork")
+    assert Sun80(tmp_path / "Sun80")[0]["ref_file"] == "m1.png"

@@ -365,3 +365,27 @@ def test_set_values_are_parsed_as_parameter_files_are(tmp_path, capsys):
     f.write_text("iterations: 2\n")
     assert main(["--params", str(f), "--set", "iterations=[1,"]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file"])
+def test_an_output_dir_that_cannot_be_used_is_named(tmp_path, case):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if case == "a file" else tmp_path / "f" / "run"
+    with pytest.raises(InputError, match=r"output_dir .*f.* cannot be used \(.*\); choose a folder you can write to"):
+        train(dict(TINY, iterations=1, output_dir=str(out)), model=ToyRefSR())
+
+
+def test_a_bad_image_read_in_a_loader_worker_gives_its_own_message(tmp_path, monkeypatch):
+    import rrsr_lib.train as tr
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            raise InputError(f"/data/CUFED/input/{i:03d}.png: is truncated or corrupt; download or export it again")
+    monkeypatch.setattr(tr, "_training_set", lambda p: Broken())
+    with pytest.raises(InputError) as info:
+        train(dict(TINY, iterations=2, num_workers=1, reciprocal=False, output_dir=str(tmp_path)), model=ToyRefSR())
+    assert str(info.value).startswith("/data/CUFED/input/") and "is truncated or corrupt" in str(info.value)
+    assert "Traceback" not in str(info.value) and "worker" not in str(info.value)

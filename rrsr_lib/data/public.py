@@ -47,11 +47,19 @@ def _folder(path: Path, what: str, layout: str) -> Path:
     return path
 
 
-def _images(folder: Path, what: str, layout: str) -> list[Path]:
+def _images(folder: Path, what: str, layout: str, required: bool = True) -> list[Path]:
+    """The image files of ``folder``, sorted; hidden files (".name", e.g. macOS's "._name") ignored; two files
+    with one stem (a.jpg and a.png) refused, naming both, since pairing by name could not tell which is meant."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not p.name.startswith("."))
-    if not files:
+    if not files and required:
         raise InputError(f"{folder}: contains no images ({', '.join(IMAGE_SUFFIXES)}); {what} expects {layout}")
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise InputError(f"{seen[p.stem]} and {p}: two images with one name; {what} pairs files by name, "
+                             "so keep one of them (move or rename the other)")
+        seen[p.stem] = p
     return files
 
 
@@ -234,8 +242,7 @@ class Sun80(Dataset):
         self.items = []
         for p in _images(gt, "Sun80", layout):
             sub = matches / p.stem
-            refs = sorted(q for q in sub.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES) \
-                if sub.is_dir() else []
+            refs = _images(sub, "Sun80", layout, required=False) if sub.is_dir() else []
             if not refs:
                 raise InputError(f"{p}: input without its reference: {sub} is missing or holds no images")
             self.items.append((p.stem, p, refs[0]))
