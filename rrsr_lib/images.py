@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,18 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an 8-bit RGB image file completely (see :func:`_load_rgb`); a warning PIL's decoders give about
+    the file (corrupt EXIF, tag data beyond the end of a TIFF, ...) is an InputError naming the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            return _load_rgb(path)
+        except UserWarning as w:
+            raise InputError(f"{path}: is corrupt: decoding it gave the warning '{str(w)[:120]}'; "
+                             "download or export the file again") from None
+
+
+def _load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an 8-bit RGB image file completely and return it as a uint8 array of shape HxWx3 (0-255).
 
     Palette images without transparency are expanded to RGB (no information is lost). Multi-frame

@@ -178,3 +178,19 @@ def test_two_images_with_one_name_are_refused_and_hidden_files_ignored(tmp_path,
     save_png(tmp_path / "Sun80" / "Sun_Hays_SR_scenematches" / "s" / "m1.png", rgb)
     (tmp_path / "Sun80" / "Sun_Hays_SR_scenematches" / "s" / "._a.png").write_bytes(b"macOS resource fork")
     assert Sun80(tmp_path / "Sun80")[0]["ref_file"] == "m1.png"
+
+
+def test_a_decoder_warning_about_the_file_is_an_error_naming_it(tmp_path, rgb):
+    # a TIFF whose description tag claims 100,000 bytes: PIL warns "Tag data larger than file" and goes on
+    Image.fromarray(rgb).save(tmp_path / "ok.tif", description="x" * 200)
+    raw = bytearray((tmp_path / "ok.tif").read_bytes())
+    ifd = int.from_bytes(raw[4:8], "little")
+    for i in range(int.from_bytes(raw[ifd:ifd + 2], "little")):
+        entry = ifd + 2 + 12 * i
+        if int.from_bytes(raw[entry:entry + 2], "little") == 270:   # ImageDescription
+            raw[entry + 4:entry + 8] = (100_000).to_bytes(4, "little")
+    (tmp_path / "bad.tif").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="Tag data larger than file"):
+        Image.open(tmp_path / "bad.tif").load()
+    with pytest.raises(InputError, match=r"bad\.tif: is corrupt: decoding it gave the warning 'Tag data larger"):
+        load_rgb(tmp_path / "bad.tif")
