@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from .data import EmbeddedTestPairs, make_pair
 from .degradation import bicubic_downsample, crop_to_multiple, to_uint8, upsample_lr
+from .device import fair_threads
 from .errors import InputError
 from .metrics import psnr, ssim
 
@@ -244,13 +245,15 @@ def evaluate(model: Callable, dataset, model_name: str, dataset_name: str,
     for i in tqdm(range(len(dataset)), desc=f"{model_name} on {dataset_name}", disable=not progress, leave=False):
         item = dataset[i]
         hr_u8 = to_uint8(item["hr"])
-        if padding == "hr":
-            lr, ref, size = authors_padded_input(item["hr"], item["ref"])
-            sr = model(lr.to(device), ref.to(device), original_size=size)
-        else:
-            lr = item["lr"].unsqueeze(0).to(device)
-            ref = item["ref"].unsqueeze(0).to(device)
-            sr = tiled_forward(model, lr, ref, tile=tile, overlap=overlap)
+        # fewer CPU threads when other processes hold cores (rrsr_lib.device.fair_threads)
+        with fair_threads():
+            if padding == "hr":
+                lr, ref, size = authors_padded_input(item["hr"], item["ref"])
+                sr = model(lr.to(device), ref.to(device), original_size=size)
+            else:
+                lr = item["lr"].unsqueeze(0).to(device)
+                ref = item["ref"].unsqueeze(0).to(device)
+                sr = tiled_forward(model, lr, ref, tile=tile, overlap=overlap)
         if tuple(sr.shape[-2:]) != hr_u8.shape[:2]:
             raise InputError(f"model {model_name} returned {tuple(sr.shape[-2:])} for an HR of {hr_u8.shape[:2]}")
         sr_u8 = to_uint8(sr[0])

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .device import fair_threads
 from .errors import InputError
 
 __all__ = ["NORM_EPS", "normalize_pixels", "match_patches_naive", "match_patches", "plan_blocks", "BlockPlan",
@@ -467,7 +468,8 @@ def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: 
     k = patch_size
     # matching runs in float32 even inside mixed precision (the training step's autocast on CUDA): bfloat16
     # keeps 8 significant bits, which would reorder near-equal patch scores and change the top-1
-    with torch.no_grad(), _no_autocast(feat_input.device):
+    # fewer threads when other processes hold cores: many small parallel regions collapse otherwise
+    with torch.no_grad(), _no_autocast(feat_input.device), fair_threads():
         x, r = feat_input, feat_ref
         converted = x.dtype in (torch.float16, torch.bfloat16)
         if converted:

@@ -45,6 +45,7 @@ from torch import nn
 from .alignment import DEFORM_PATHS, AlignmentUnit
 from .blocks import LRELU_SLOPE, Upsample2x, authors_init_, conv3x3, residual_stack
 from .degradation import pil_bicubic_upsample
+from .device import fair_threads
 from .errors import InputError
 from .matching import match_patches
 from .offsets import flow_from_index, pre_offsets, to_deform_offsets
@@ -380,6 +381,13 @@ class RRSR(nn.Module):
         masks, routing weights and gates (for the notebooks).
         """
         lr, ref = check_inputs(lr, ref, self.content.conv_first.weight.dtype, check_range=not self.training)
+        if not self.training:
+            # inference: fewer CPU threads when other processes hold cores (rrsr_lib.device.fair_threads)
+            with fair_threads():
+                return self._forward(lr, ref, trace, original_size)
+        return self._forward(lr, ref, trace, original_size)
+
+    def _forward(self, lr, ref, trace, original_size):
         b, _, h, w = lr.shape
         hc, wc = self.canvas_size((h, w), ref.shape[2:])
         if original_size is not None:

@@ -1,8 +1,10 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,3 +72,25 @@ def test_keep_freed_cpu_memory_keeps_a_free_block_larger_than_2_gib():
                          check=True).stdout.split()
     faults, pages = int(out[0]), int(out[1])
     assert faults < pages / 100, f"{faults} page faults mapping {pages} pages a second time: the heap was trimmed"
+
+
+def test_free_cores_counts_the_cores_no_other_task_runs_on():
+    from rrsr_lib.device import free_cores
+    n = free_cores()
+    assert 1 <= n <= (os.cpu_count() or 1)
+
+
+def test_fair_threads_limits_torch_threads_to_the_free_cores_and_restores_them(monkeypatch):
+    import rrsr_lib.device as dev
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(dev, "free_cores", lambda: 1)
+        with dev.fair_threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(dev, "free_cores", lambda: 8)
+        with dev.fair_threads():
+            assert torch.get_num_threads() == 2   # never more than asked for
+    finally:
+        torch.set_num_threads(before)
