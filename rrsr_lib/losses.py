@@ -161,17 +161,21 @@ def wgan_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> to
 
 
 def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, alpha: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP penalty ``E[(||grad_x D(x_hat)||_2 - 1)^2]`` on random mixtures of real and fake images.
 
     real, fake: (B, C, H, W); fake is detached here. x_hat = a real + (1 - a) fake with one
-    a ~ U[0, 1) per sample (drawn from ``generator`` or torch's global generator, on real's device).
+    a ~ U[0, 1) per sample (drawn from ``generator`` or torch's global generator, on real's device; or given
+    as ``alpha`` (B, 1, 1, 1), as the distributed trainer does so that N processes mix like one).
     Returns a scalar with a graph into the discriminator's weights (create_graph=True), to be added
     with weight 10 (the authors' ``grad_penalty_weight``) to the critic loss.
     """
     _check_pair(real, fake, "gradient_penalty")
     b = real.shape[0]
-    alpha = torch.rand(b, 1, 1, 1, generator=generator, device=real.device if generator is None else generator.device)
+    if alpha is None:
+        alpha = torch.rand(b, 1, 1, 1, generator=generator, device=real.device if generator is None else generator.device)
+    elif tuple(alpha.shape) != (b, 1, 1, 1):
+        raise InputError(f"alpha must have shape ({b}, 1, 1, 1), one mixing weight per sample; got {tuple(alpha.shape)}")
     alpha = alpha.to(device=real.device, dtype=real.dtype)
     # x_hat = alpha * real + (1 - alpha) * fake
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)

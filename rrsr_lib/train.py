@@ -560,7 +560,11 @@ class Trainer:
             self.disc.requires_grad_(True)
             self.d_optimizer.zero_grad(set_to_none=True)
             critic = wgan_critic_loss(self.disc(b["hr"]), self.disc(sr.detach()))
-            gp = gradient_penalty(self.disc, b["hr"], sr)
+            # one mixing weight per sample of the *global* batch, drawn alike by every process (their generators
+            # are in step), each process taking its share: N processes mix as one process would
+            n = b["hr"].shape[0]
+            alpha = torch.rand(n * self.world, 1, 1, 1, device=dev)[self.rank * n:(self.rank + 1) * n]
+            gp = gradient_penalty(self.disc, b["hr"], sr, alpha=alpha)
             (critic + p["gp_weight"] * gp).backward()
             self._all_reduce_mean_grads(self.disc)
             self.d_optimizer.step()
