@@ -90,7 +90,8 @@ def down_up(ref: np.ndarray, scale: int = 4) -> np.ndarray:
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 array -> float32 tensor (1,3,H,W) in [0,1]."""
     _check_uint8_rgb(img)
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    # a copy: arrays made from PIL images are read-only, and torch warns about those
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

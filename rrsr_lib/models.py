@@ -306,7 +306,7 @@ def check_inputs(lr, ref, dtype: torch.dtype | None = None, check_range: bool = 
             raise InputError(f"{name} has {bad} non-finite value(s) (NaN or Inf); fix the image or replace them, "
                              f"e.g. torch.nan_to_num({name}).clamp(0, 1)")
         if check_range:
-            lo, hi = float(t.min()), float(t.max())
+            lo, hi = float(t.detach().min()), float(t.detach().max())
             if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
                 raise InputError(f"{name} has values in [{lo:.4g}, {hi:.4g}], outside [0, 1]: images are float in "
                                  "[0, 1] (divide 8-bit images by 255, e.g. rrsr_lib.degradation.to_tensor)")

@@ -729,8 +729,11 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
     sampler = _StepBatches(len(samples), p["batch_size"], p["seed"], start, p["iterations"], rank, world)
     # a private generator: creating the loader's iterator must not draw from torch's global generator,
     # whose state the checkpoint restores
+    # workers stay alive for the whole run (persistent) and batches go to pinned memory for the GPU; each sample
+    # is a function of (seed, epoch, index), so the number of workers changes nothing but the speed
     loader = DataLoader(samples, batch_sampler=sampler, num_workers=p["num_workers"],
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(p["seed"]))
+                        persistent_workers=p["num_workers"] > 0, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(p["seed"]))
     val_set = _validation_set(p) if rank == 0 else None
 
     def save_checkpoint():

@@ -238,3 +238,14 @@ def test_cuda_result_equals_pil(embedded_hr):
 def test_bad_tensors_and_sizes_end_in_one_clear_input_error(call, message):
     with pytest.raises(InputError, match=message):
         call()
+
+
+def test_to_tensor_of_a_read_only_array_gives_no_warning():
+    import warnings
+    from PIL import Image
+    arr = np.asarray(Image.new("RGB", (8, 6), (10, 20, 30)))
+    assert not arr.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = to_tensor(arr)
+    assert t.shape == (1, 3, 6, 8) and abs(t[0, 0, 0, 0].item() - 10 / 255) < 1e-7

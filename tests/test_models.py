@@ -379,3 +379,12 @@ def test_values_a_rounding_step_outside_0_1_and_training_mode_references_are_acc
         small.train()   # pass 2 of reciprocal learning: the reference is the unclamped SR
         small(lr, ref * 1.2 - 0.1)
     small.eval()
+
+
+def test_the_input_check_gives_no_warning_for_inputs_that_need_gradients(small):
+    import warnings
+    small.eval()
+    lr = torch.rand(1, 3, 6, 6, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small(lr, torch.rand(1, 3, 24, 24))

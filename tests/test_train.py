@@ -389,3 +389,13 @@ def test_a_bad_image_read_in_a_loader_worker_gives_its_own_message(tmp_path, mon
         train(dict(TINY, iterations=2, num_workers=1, reciprocal=False, output_dir=str(tmp_path)), model=ToyRefSR())
     assert str(info.value).startswith("/data/CUFED/input/") and "is truncated or corrupt" in str(info.value)
     assert "Traceback" not in str(info.value) and "worker" not in str(info.value)
+
+
+def test_the_number_of_loader_workers_changes_nothing_but_the_speed(tmp_path):
+    params = dict(TINY, iterations=4, reciprocal=True, embedded_length=6)
+    logs = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        r = train(dict(params, num_workers=workers, output_dir=str(tmp_path / f"w{workers}")), model=ToyRefSR())
+        logs.append([(row["loss"], row["reciprocal"]) for row in r["train_log"]])
+    assert logs[0] == logs[1] and len(logs[0]) == 4
