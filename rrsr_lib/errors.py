@@ -14,3 +14,15 @@ class InputError(ValueError):
 class DivergenceError(InputError):
     """Training produced non-finite values (a loss, or pass 1's SR): the run's parameters (usually the learning
     rate) do not work; the message names the step and what was kept."""
+
+
+def run_command(body) -> int:
+    """Run a command-line program's ``body()``: its return value (None = 0) is the exit status; an InputError
+    becomes one line ``error: <message>`` on stderr and exit status 2 (no traceback)."""
+    import sys
+
+    try:
+        return body() or 0
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from .data import EmbeddedTestPairs, make_pair
 from .degradation import bicubic_downsample, crop_to_multiple, to_uint8, upsample_lr
 from .device import fair_threads
-from .errors import InputError
+from .errors import InputError, run_command
 from .metrics import psnr, ssim
 
 METRIC_PROTOCOLS = {
@@ -329,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     under every labelled protocol; one JSON file of per-image rows and a printed summary."""
     import argparse
 
-    from .checkpoints import checkpoint_names, checkpoint_spec, load_authors_checkpoint, load_checkpoint
-    from .device import pick_device
+    from .checkpoints import checkpoint_names
 
     ap = argparse.ArgumentParser(prog="python -m rrsr_lib.evaluate", description=main.__doc__.split(";")[0])
     ap.add_argument("--checkpoint", action="append", default=[], choices=checkpoint_names(), metavar="NAME",
@@ -344,43 +343,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=None, help="LR tile side for large images (default: untiled)")
     ap.add_argument("--out", default="runs/evaluation.json", help="JSON file of per-image rows")
     args = ap.parse_args(argv)
-    try:
-        if args.authors_features and not args.authors_weights:
-            raise InputError("--authors-features needs --authors-weights (the restoration network it feeds)")
-        if not (1 <= args.pairs <= 10):
-            raise InputError(f"--pairs must be 1-10, got {args.pairs}")
-        device = pick_device()
-        models: list[tuple[str, Callable, dict]] = [("bicubic", Bicubic(), {"model": "bicubic", "config": "-"})]
-        for name in args.checkpoint:
-            spec = checkpoint_spec(name)
-            models.append((name, load_checkpoint(name, device), {"model": spec["model"], "config": spec["config"],
-                                                                 "reciprocal": spec["reciprocal"], "seed": spec["seed"]}))
-        if args.authors_weights:
-            label = f"authors:{Path(args.authors_weights).name}"
-            model = load_authors_checkpoint(args.authors_weights, args.authors_features, device)
-            models.append((label, model, {"model": "rrsr", "config": "paper", "reciprocal": True, "seed": None,
-                                          "padding": "hr",
-                                          "weights": str(args.authors_weights),
-                                          "features": str(args.authors_features or "shipped contrastive trunks")}))
-        rows = []
-        for dataset_name, kind, protocol, data in protocol_datasets(args.pairs, args.window, 32, args.cufed5,
-                                                                    args.cufed5_limit):
-            for label, model, fields in models:
-                got = evaluate(model, data, fields["model"], dataset_name, device=device,
-                               tile=None if fields.get("padding") == "hr" else args.tile, checkpoint=label,
-                               protocol=protocol, **{k: v for k, v in fields.items() if k != "model"})
-                for r in got:   # a Subset hides the dataset's type: the reference kind is set here
-                    r["reference"] = kind
-                rows += got
-        write_json(rows, args.out)
-        for s in summarize(rows, by=("checkpoint", "dataset", "reference", "metric")):
-            print(f"{s['checkpoint']:<28} {s['dataset']:<9} {s['reference']:<11} {s['metric']:<8} "
-                  f"PSNR {s['psnr_y']:.2f}  SSIM {s['ssim_y']:.4f}  ({s['n_images']} images)")
-        print(f"wrote {len(rows)} rows to {args.out}")
-    except InputError as exc:
-        print(f"error: {exc}")
-        return 2
-    return 0
+    return run_command(lambda: _evaluate_command(args))
+
+
+def _evaluate_command(args) -> None:
+    """The work of ``python -m rrsr_lib.evaluate``; raises InputError for anything bad."""
+    from .checkpoints import checkpoint_spec, load_authors_checkpoint, load_checkpoint
+    from .device import pick_device
+
+    if args.authors_features and not args.authors_weights:
+        raise InputError("--authors-features needs --authors-weights (the restoration network it feeds)")
+    if not (1 <= args.pairs <= 10):
+        raise InputError(f"--pairs must be 1-10, got {args.pairs}")
+    device = pick_device()
+    models: list[tuple[str, Callable, dict]] = [("bicubic", Bicubic(), {"model": "bicubic", "config": "-"})]
+    for name in args.checkpoint:
+        spec = checkpoint_spec(name)
+        models.append((name, load_checkpoint(name, device), {"model": spec["model"], "config": spec["config"],
+                                                             "reciprocal": spec["reciprocal"], "seed": spec["seed"]}))
+    if args.authors_weights:
+        label = f"authors:{Path(args.authors_weights).name}"
+        model = load_authors_checkpoint(args.authors_weights, args.authors_features, device)
+        models.append((label, model, {"model": "rrsr", "config": "paper", "reciprocal": True, "seed": None,
+                                      "padding": "hr",
+                                      "weights": str(args.authors_weights),
+                                      "features": str(args.authors_features or "shipped contrastive trunks")}))
+    rows = []
+    for dataset_name, kind, protocol, data in protocol_datasets(args.pairs, args.window, 32, args.cufed5,
+                                                                args.cufed5_limit):
+        for label, model, fields in models:
+            got = evaluate(model, data, fields["model"], dataset_name, device=device,
+                           tile=None if fields.get("padding") == "hr" else args.tile, checkpoint=label,
+                           protocol=protocol, **{k: v for k, v in fields.items() if k != "model"})
+            for r in got:   # a Subset hides the dataset's type: the reference kind is set here
+                r["reference"] = kind
+            rows += got
+    write_json(rows, args.out)
+    for s in summarize(rows, by=("checkpoint", "dataset", "reference", "metric")):
+        print(f"{s['checkpoint']:<28} {s['dataset']:<9} {s['reference']:<11} {s['metric']:<8} "
+              f"PSNR {s['psnr_y']:.2f}  SSIM {s['ssim_y']:.4f}  ({s['n_images']} images)")
+    print(f"wrote {len(rows)} rows to {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, run_command
 
 __all__ = ["pair_files", "super_resolve", "main", "DEFAULT_CHECKPOINT"]
 
@@ -86,8 +86,6 @@ def super_resolve(model, lr: np.ndarray, ref: np.ndarray, device, tile: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .images import MIN_LR_PATCH, load_hr, load_rgb, save_png
-
     ap = argparse.ArgumentParser(prog="python -m rrsr_lib.sr", description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", type=Path, help="LR image, or a folder of them")
@@ -101,50 +99,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=None, help="LR tile side for large images (default: whole image)")
     ap.add_argument("--bicubic", action="store_true", help="also write <name>_bicubic.png beside each result")
     args = ap.parse_args(argv)
-    try:
-        from .checkpoints import checkpoint_names
-        from .device import pick_device
+    return run_command(lambda: _run(args))
 
-        if args.authors_features and not args.authors_weights:
-            raise InputError("--authors-features needs --authors-weights")
-        if not args.authors_weights and args.checkpoint not in checkpoint_names():
-            raise InputError(f"unknown --checkpoint {args.checkpoint!r}; the shipped ones are {checkpoint_names()}")
-        if args.tile is not None and args.tile < 3 * MIN_LR_PATCH:
-            raise InputError(f"--tile must be at least {3 * MIN_LR_PATCH} LR pixels, got {args.tile}")
-        jobs = pair_files(args.input or args.hr, args.ref, args.out)
-        # read and check every input before anything is computed or written
-        from .degradation import bicubic_downsample, upsample_lr
-        loaded = []
-        for name, src_path, ref_path, out_path in jobs:
-            if args.hr is not None:
-                hr = load_hr(src_path)
-                lr = bicubic_downsample(hr)
-            else:
-                hr, lr = None, load_rgb(src_path)
-                if min(lr.shape[:2]) < MIN_LR_PATCH:
-                    raise InputError(f"{src_path}: is {lr.shape[1]}x{lr.shape[0]} pixels, smaller than one "
-                                     f"{MIN_LR_PATCH}x{MIN_LR_PATCH} patch; give an LR image of at least that size")
-            loaded.append((name, lr, hr, load_rgb(ref_path), out_path))
-        device = pick_device(args.device)
-        model, label = _load_model(args, device)
-        t0, scores = time.perf_counter(), []
-        for name, lr, hr, ref, out_path in tqdm(loaded, desc=f"{label}", unit="image", disable=len(loaded) < 2):
-            sr = super_resolve(model, lr, ref, device, args.tile)
-            save_png(out_path, sr)
-            if args.bicubic:
-                save_png(out_path.with_name(f"{out_path.stem}_bicubic.png"), upsample_lr(lr))
-            if hr is not None:
-                from .metrics import psnr, ssim
-                scores.append((psnr(sr, hr, 4, True), ssim(sr, hr, 4, True)))
-        summary = f"{len(loaded)} image(s) super-resolved x4 with {label} in {time.perf_counter() - t0:.1f} s on {device}"
-        if scores:
-            summary += (f"; PSNR_Y {np.mean([s[0] for s in scores]):.2f} dB, SSIM_Y {np.mean([s[1] for s in scores]):.4f} "
-                        "(Y channel, 4-pixel border removed: the RRSR protocol)")
-        print(summary + f"; written to {args.out}")
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+def _run(args) -> None:
+    """The command's work, on parsed arguments; raises InputError for anything bad."""
+    from .checkpoints import checkpoint_names
+    from .degradation import bicubic_downsample, upsample_lr
+    from .device import pick_device
+    from .images import MIN_LR_PATCH, load_hr, load_rgb, save_png
+    from .metrics import psnr, ssim
+
+    if args.authors_features and not args.authors_weights:
+        raise InputError("--authors-features needs --authors-weights")
+    if not args.authors_weights and args.checkpoint not in checkpoint_names():
+        raise InputError(f"unknown --checkpoint {args.checkpoint!r}; the shipped ones are {checkpoint_names()}")
+    if args.tile is not None and args.tile < 3 * MIN_LR_PATCH:
+        raise InputError(f"--tile must be at least {3 * MIN_LR_PATCH} LR pixels, got {args.tile}")
+    jobs = pair_files(args.input or args.hr, args.ref, args.out)
+    # read and check every input before anything is computed or written
+    loaded = []
+    for name, src_path, ref_path, out_path in jobs:
+        if args.hr is not None:
+            hr = load_hr(src_path)
+            lr = bicubic_downsample(hr)
+        else:
+            hr, lr = None, load_rgb(src_path)
+            if min(lr.shape[:2]) < MIN_LR_PATCH:
+                raise InputError(f"{src_path}: is {lr.shape[1]}x{lr.shape[0]} pixels, smaller than one "
+                                 f"{MIN_LR_PATCH}x{MIN_LR_PATCH} patch; give an LR image of at least that size")
+        loaded.append((name, lr, hr, load_rgb(ref_path), out_path))
+    device = pick_device(args.device)
+    model, label = _load_model(args, device)
+    t0, scores = time.perf_counter(), []
+    for name, lr, hr, ref, out_path in tqdm(loaded, desc=f"{label}", unit="image", disable=len(loaded) < 2):
+        sr = super_resolve(model, lr, ref, device, args.tile)
+        save_png(out_path, sr)
+        if args.bicubic:
+            save_png(out_path.with_name(f"{out_path.stem}_bicubic.png"), upsample_lr(lr))
+        if hr is not None:
+            scores.append((psnr(sr, hr, 4, True), ssim(sr, hr, 4, True)))
+    summary = f"{len(loaded)} image(s) super-resolved x4 with {label} in {time.perf_counter() - t0:.1f} s on {device}"
+    if scores:
+        summary += (f"; PSNR_Y {np.mean([s[0] for s in scores]):.2f} dB, SSIM_Y {np.mean([s[1] for s in scores]):.4f} "
+                    "(Y channel, 4-pixel border removed: the RRSR protocol)")
+    print(summary + f"; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .degradation import to_uint8
 from .device import keep_freed_cpu_memory, pick_device, seed_everything
-from .errors import DivergenceError, InputError
+from .errors import DivergenceError, InputError, run_command
 from .files import atomic_torch_save, atomic_write_text, load_tensors
 from .yaml_params import parse_yaml, read_yaml_file
 from .losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalty, l1_loss, wgan_critic_loss,
@@ -831,15 +831,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", required=True, help="YAML parameter file (e.g. notebooks/params/cpu_demo.yaml)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override single parameters")
     args = parser.parse_args(argv)
-    try:
-        p = load_params(args.params, **_parse_set(args.set))
-        result = train(p)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _train_command(args))
+
+
+def _train_command(args) -> None:
+    result = train(load_params(args.params, **_parse_set(args.set)))
     if result["summary"] is not None:
         print(json.dumps({k: result["summary"][k] for k in ("iterations", "device", "final_validation")}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rrsr_lib.checkpoints import (checkpoint_names, checkpoints_dir, list_checkpoints, train_checkpoint,  # noqa: E402
                                   write_params)
-from rrsr_lib.errors import InputError  # noqa: E402
+from rrsr_lib.errors import run_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,27 +31,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the checkpoints and exit")
     ap.add_argument("--write-params", action="store_true", help="write params.yaml from the recipe and exit")
     args = ap.parse_args(argv)
-    names = args.names or checkpoint_names()
-    try:
-        if args.list:
-            for r in list_checkpoints():
-                size = f"{r['bytes'] / 1e6:.2f} MB" if r["present"] else "missing"
-                secs = f"{r['train_seconds']:.0f} s" if r["present"] else ""
-                print(f"{r['name']:<32} {size:>10} {secs:>8}")
-            return 0
-        if args.write_params:
-            for n in names:
-                print(write_params(n))
-            return 0
+    return run_command(lambda: _run(args, args.names or checkpoint_names()))
+
+
+def _run(args, names: list[str]) -> int:
+    if args.list:
+        for r in list_checkpoints():
+            size = f"{r['bytes'] / 1e6:.2f} MB" if r["present"] else "missing"
+            secs = f"{r['train_seconds']:.0f} s" if r["present"] else ""
+            print(f"{r['name']:<32} {size:>10} {secs:>8}")
+        return 0
+    if args.write_params:
         for n in names:
-            t0 = time.perf_counter()
-            info = train_checkpoint(n, threads=args.threads)
-            print(f"{n}: {info['bytes'] / 1e6:.2f} MB, trained in {info['train_seconds']:.0f} s "
-                  f"({time.perf_counter() - t0:.0f} s in all) -> {checkpoints_dir() / n}", flush=True)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            print(write_params(n))
+        return 0
+    for n in names:
+        t0 = time.perf_counter()
+        info = train_checkpoint(n, threads=args.threads)
+        print(f"{n}: {info['bytes'] / 1e6:.2f} MB, trained in {info['train_seconds']:.0f} s "
+              f"({time.perf_counter() - t0:.0f} s in all) -> {checkpoints_dir() / n}", flush=True)
 
 
 if __name__ == "__main__":

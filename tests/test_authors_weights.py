@@ -203,4 +203,4 @@ def test_the_evaluation_entry_point_evaluates_the_authors_weights_in_rows_labell
     assert {r["checkpoint"] for r in rows} == {"bicubic", "authors:network_mse.pth"}
     assert "authors:network_mse.pth" in capsys.readouterr().out
     assert main(["--authors-features", str(tmp_path / "feature_extraction.pth"), "--out", str(out)]) == 2
-    assert "--authors-features needs --authors-weights" in capsys.readouterr().out
+    assert "--authors-features needs --authors-weights" in capsys.readouterr().err
