@@ -36,7 +36,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ from .device import fair_threads
 from .errors import InputError
 from .matching import match_patches
 from .offsets import flow_from_index, pre_offsets, to_deform_offsets
+from .registry import MODELS, build_model, register_model
 from .selection import SELECTION_ACTIVATIONS, PlainHead, SelectionBlock
 from .vgg import VGGFeatures
 
@@ -445,35 +446,6 @@ class RRSR(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str):
-    """Decorator: register ``builder(config, **kwargs) -> nn.Module`` under ``name`` for :func:`build_model`.
-
-    Comparison models (e.g. "sisr", "c2", "ttsr") register themselves the same way and can reuse
-    rrsr_lib.blocks, rrsr_lib.alignment and rrsr_lib.selection.
-    """
-    def deco(builder):
-        MODELS[name] = builder
-        return builder
-    return deco
-
-
-def build_model(name: str, config: Any = "paper", **kwargs) -> nn.Module:
-    """Build a registered network: ``build_model("rrsr", "paper")``, ``build_model("rrsr", "small")``,
-    ``build_model("rrsr", "paper_no_cascade")``. Extra keyword arguments go to the builder (for "rrsr":
-    ``matching_features=``, ``texture=`` or config field overrides such as ``experts=4``)."""
-    if name not in MODELS:
-        try:   # comparison models live in rrsr_lib.baselines (when present) and register on import
-            from . import baselines  # noqa: F401
-        except ImportError:
-            pass
-    if name not in MODELS:
-        raise InputError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
-    return MODELS[name](config, **kwargs)
-
-
 @register_model("rrsr")
 def _build_rrsr(config: Any = "paper", matching_features: nn.Module | None = None, texture: VGGFeatures | None = None,
                 **overrides) -> RRSR:

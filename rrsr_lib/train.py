@@ -59,7 +59,9 @@ from .yaml_params import parse_yaml, read_yaml_file
 from .losses import (Discriminator, PerceptualLoss, TextureLoss, gradient_penalty, l1_loss, wgan_critic_loss,
                      wgan_generator_loss)
 from .metrics import psnr, ssim
+from .models import offset_scale
 from .reciprocal import add_warped_reference, reciprocal_passes
+from .registry import build_model
 
 __all__ = ["PARAMETERS", "check_params", "load_params", "train", "Trainer", "offset_scale", "resolve_path", "main"]
 
@@ -327,33 +329,17 @@ def _validation_set(p: dict) -> Dataset | None:
 # ----------------------------------------------------------------------------------------------
 # Model and optimiser
 # ----------------------------------------------------------------------------------------------
-def offset_scale(name: str, module: nn.Module | None = None) -> str | None:
-    """Which alignment scale a parameter belongs to, if it is a learned-offset parameter.
-
-    Convention shared with :mod:`rrsr_lib.models` (see :func:`_offset_groups`): returns "x1", "x2"
-    or "x4" for parameters of the convolutions that predict the residual offsets and masks of an
-    alignment unit at that scale, else None.
-    """
-    try:
-        from . import models
-    except ImportError:
-        return None
-    return models.offset_scale(name) if hasattr(models, "offset_scale") else None
-
-
 def _offset_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     groups: dict[str, list[nn.Parameter]] = {"main": [], "x1": [], "x2": [], "x4": []}
     for name, prm in model.named_parameters():
         if not prm.requires_grad:
             continue
+        # the alignment units' offset/mask convolutions have their own learning rate per scale (the authors')
         groups[offset_scale(name) or "main"].append(prm)
     return groups
 
 
 def _build_model(p: dict) -> nn.Module:
-    from . import baselines  # noqa: F401  (registers sisr, c2, ttsr)
-    from .models import build_model
-
     return build_model(p["model"], p["model_config"])
 
 

@@ -82,3 +82,55 @@ def test_benchmark_scripts_answer_help_and_the_cuda_one_skips_without_a_gpu(tmp_
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "matching_cuda.py"), "--out", str(out)],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and "skipped, no CUDA GPU" in done.stdout and not out.exists()
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """rrsr_lib's modules and the rrsr_lib modules each imports, anywhere in its file (lazy imports too)."""
+    pkg_root = ROOT / "rrsr_lib"
+    mods = {}
+    for p in pkg_root.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        mods[name[: -len(".__init__")] if name.endswith(".__init__") else name] = p
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = pkg
+                for _ in range(node.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                target = base + ("." + node.module if node.module else "")
+            elif (node.module or "").startswith("rrsr_lib"):
+                target = node.module
+            else:
+                continue
+            subs = {f"{target}.{a.name}" for a in node.names} & set(mods)
+            graph[m] |= subs or ({target} & set(mods))
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _import_graph()
+    graph.pop("rrsr_lib")   # the package imports its architectures so that they register; nothing imports it back
+    assert len(graph) > 20 and "rrsr_lib.models" in graph["rrsr_lib.baselines"]
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n in graph and not state.get(n):
+                visit(n, path + [n])
+        state[m] = 2
+    for m in sorted(graph):
+        if not state.get(m):
+            visit(m, [m])
+
+
+def test_every_architecture_is_registered_when_the_package_is_imported():
+    out = subprocess.run([sys.executable, "-c", "import rrsr_lib.registry as r; print(sorted(r.MODELS))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['c2', 'rrsr', 'sisr', 'ttsr']"
