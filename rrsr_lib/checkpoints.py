@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .files import atomic_torch_save, atomic_write_text, load_tensors, sha256_file
+from .files import atomic_output, atomic_torch_save, atomic_write_text, load_tensors, sha256_file
 from .figures import project_root
 
 __all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "QUANTIZE_MIN_NUMEL", "checkpoints_dir", "checkpoint_names",
@@ -481,8 +481,8 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
     folder.mkdir(parents=True, exist_ok=True)
     if params_file.resolve() != (folder / "params.yaml").resolve():
         shutil.copyfile(params_file, folder / "params.yaml")
-    shutil.copyfile(out / "train_log.csv", folder / ".train_log.csv.tmp")
-    os.replace(folder / ".train_log.csv.tmp", folder / "train_log.csv")
+    with atomic_output(folder / "train_log.csv") as tmp:
+        shutil.copyfile(out / "train_log.csv", tmp)
     return save_checkpoint(result["model"].cpu(), folder, arch, spec=spec, iterations=int(p["iterations"]),
                            overrides=copy.deepcopy(overrides), train_seconds=round(seconds, 1),
                            threads=torch.get_num_threads() if not threads else threads,

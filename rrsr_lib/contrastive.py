@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,9 @@ from torch import nn
 
 from .degradation import bicubic_downsample, upsample_lr
 from .errors import InputError
+from .files import atomic_write_bytes, atomic_write_text
 from .matching import match_patches
+from .vgg import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ContrastiveConfig", "PAPER_CONFIG", "CPU_CONFIG", "ContrastiveTrunk", "ContrastiveFeatures",
            "correspondences", "margin_loss", "distillation_loss", "WarpedPairSampler", "train_teacher",
@@ -58,8 +59,6 @@ SHIPPED = {
     "student": ("contrastive_student.pt", "29177cf48cf00650b766df80cea38c1eb4ba75557a008b31bea734a938eadacd"),
 }
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's vgg16().features up to and including conv3_1 (index 10); 256 channels at 1/4 size
 TRUNK_LAYOUT = [("conv1_1", 3, 64), ("relu1_1",), ("conv1_2", 64, 64), ("relu1_2",), ("pool1",),
                 ("conv2_1", 64, 128), ("relu2_1",), ("conv2_2", 128, 128), ("relu2_2",), ("pool2",),
@@ -418,10 +417,7 @@ def save_weights(model: ContrastiveFeatures, path: str | Path, meta: dict) -> st
     buf = io.BytesIO()
     torch.save({"state_dict": state, "meta": json.loads(json.dumps(meta))}, buf)
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -605,11 +601,8 @@ def _cmd_train(args) -> None:
     out = Path(args.out)
     hashes = {"teacher": save_weights(teacher, out / SHIPPED["teacher"][0], {**meta, "history": th[-20:]}),
               "student": save_weights(student, out / SHIPPED["student"][0], {**meta, "history": sh[-20:]})}
-    hist_path = _root() / "results" / "contrastive_training.json"
-    hist_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = hist_path.with_name(f".{hist_path.name}.tmp")
-    tmp.write_text(json.dumps({**meta, "teacher_history": th, "student_history": sh, "sha256": hashes}, indent=1))
-    os.replace(tmp, hist_path)
+    atomic_write_text(_root() / "results" / "contrastive_training.json",
+                      json.dumps({**meta, "teacher_history": th, "student_history": sh, "sha256": hashes}, indent=1))
     print(f"[contrastive] teacher {t1 - t0:.0f} s, student {t2 - t1:.0f} s; sha256 {hashes}")
 
 
@@ -633,11 +626,7 @@ def _cmd_evaluate(args) -> None:
               "stereo_motorcycle": {"what": "scikit-image stereo_motorcycle as embedded (320x216), left = input, "
                                             "right = reference, ground-truth disparity from scikit-image",
                                     "results": evaluate(extractors, stereo)}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
+    atomic_write_text(args.out, json.dumps(report, indent=1))
     for key in ("warped_pairs", "warped_pairs_hr_input", "stereo_motorcycle"):
         print(key, {k: round(v["pooled"], 4) for k, v in report[key]["results"].items()})
     print(f"wrote {out}")

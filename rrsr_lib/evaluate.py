@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Callable, Iterable
@@ -35,6 +34,7 @@ from .data import EmbeddedTestPairs, make_pair
 from .degradation import bicubic_downsample, crop_to_multiple, to_uint8, upsample_lr
 from .device import fair_threads
 from .errors import InputError, run_command
+from .files import atomic_write_text
 from .metrics import psnr, ssim
 
 METRIC_PROTOCOLS = {
@@ -288,12 +288,7 @@ def summarize(rows: list[dict], by: tuple[str, ...] = ("model", "dataset", "refe
 
 def write_json(obj, path: str | Path) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (temporary name, then rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
 def protocol_datasets(pairs: int = 10, window: int = 0, margin: int = 32, cufed5_root: str | Path | None = None,

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from .errors import InputError
+from .files import atomic_output
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -38,8 +39,9 @@ def save_figure(fig, name: str, pdf: bool = True, dpi: int = 150) -> list[Path]:
     out = []
     for ext in (("png", "pdf") if pdf else ("png",)):
         path = figures_dir() / f"{name}.{ext}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata={"Software": None} if ext == "png" else {"Creator": None, "Producer": None, "CreationDate": None})
-        os.replace(tmp, path)
+        # no time stamps or software names in the file: the same figure gives the same bytes
+        meta = {"Software": None} if ext == "png" else {"Creator": None, "Producer": None, "CreationDate": None}
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata=meta)
         out.append(path)
     return out

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -19,29 +20,47 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["atomic_write_text", "atomic_torch_save", "load_tensors", "sha256_file"]
+__all__ = ["atomic_output", "atomic_write_text", "atomic_write_bytes", "atomic_torch_save", "load_tensors",
+           "sha256_file"]
 
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """``with atomic_output(path) as tmp:`` write the file ``tmp``; when the block ends without an error it
+    becomes ``path`` (one rename), otherwise it is removed. The folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically; returns the path."""
-    path = Path(path)
-    tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_tensors(path: str | Path, what: str, fix: str, map_location: Any = "cpu") -> Any:

@@ -15,7 +15,6 @@ Datasets (``torch.utils.data.Dataset``; items are dicts of float32 tensors in [0
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 
 from ..degradation import bicubic_downsample
 from ..errors import InputError
+from ..files import sha256_file
 from ..images import check_hr_size, load_rgb
 from .cufed_like import LEVELS, make_pair
 
@@ -63,15 +63,14 @@ def embedded_path(row: dict, package_dir: str | Path | None = None) -> Path:
     return _base(package_dir) / row["file"]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 
 def _check(row: dict, package_dir) -> Path:
     path = embedded_path(row, package_dir)
     if not path.is_file():
         raise InputError(f"embedded file {row['file']} ({path}) is missing; {_RESTORE}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != row["sha256"]:
         raise InputError(f"embedded file {row['file']} has changed: its sha256 is {digest[:16]}..., the manifest "
                          f"says {row['sha256'][:16]}...; {_RESTORE}")
