@@ -9,6 +9,7 @@ import ctypes
 import os
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,8 +93,9 @@ def keep_freed_cpu_memory() -> bool:
 def free_cores() -> int:
     """CPU cores that no other task is running on right now, at least 1.
 
-    Read from /proc/loadavg's count of runnable tasks (an instant count, not the 1-minute average; the reading
-    process is one of them) against the cores this process may use. Elsewhere (no /proc): all of them.
+    Read from /proc/loadavg's count of runnable tasks (an instant count, not the 1-minute average), less this
+    process's own running threads (/proc/self/task), against the cores this process may use. Elsewhere (no
+    /proc): all of them.
     """
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
@@ -101,7 +103,15 @@ def free_cores() -> int:
             running = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return ncpu
-    return max(1, ncpu - max(0, running - 1))
+    # this process's own running threads (the caller, and OpenMP workers still spinning after the last
+    # parallel region) are not "other tasks"
+    own = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            own += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(1, ncpu - max(0, running - max(own, 1)))
 
 
 class fair_threads:
