@@ -48,8 +48,13 @@ reproduce: $(STAMP)
 	done
 	@echo "== done: executed notebooks in runs/, figures in figures/, results in results/"
 
+# JupyterLab on notebooks/, without the "get notified about Jupyter news?" prompt (settings of this venv only)
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+	@mkdir -p $(LAB_SETTINGS)
+	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' > $(LAB_SETTINGS)/overrides.json
+	$(BIN)/jupyter lab --notebook-dir=notebooks --LabApp.news_url= \
+	    --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
