@@ -351,14 +351,11 @@ class AlignmentUnit(nn.Module):
     @torch.no_grad()
     def authors_init(self) -> None:
         """After :func:`rrsr_lib.blocks.authors_init_` has drawn every convolution from N(0, 0.02): the
-        offset/mask convolution back to zero (the authors' ``re_init_dcn_offset``), the deformable kernel
-        uniform(+-1/sqrt(fan_in)) with bias 0 (mmcv's ModulatedDeformConv2d.init_weights; their DynAgg is not
-        matched by the "Conv"/"Linear" rule, so it keeps this)."""
+        offset/mask convolution back to zero (the authors' ``re_init_dcn_offset``). The deformable kernel is a
+        parameter of this unit, not a convolution module, so it keeps the constructor's mmcv init, as the
+        authors' DynAgg (not matched by their "Conv"/"Linear" rule) does."""
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
-        bound = 1.0 / math.sqrt(self.ref_channels * TAPS)
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.zeros_(self.bias)
 
     def residual_offsets_and_mask(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Learned part: ([B, 2*9*G, H, W] residual offsets in pixels (dy, dx), [B, 9*G, H, W] masks in (0, 1))."""

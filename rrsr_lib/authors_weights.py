@@ -186,3 +186,21 @@ def load_authors_checkpoint(restoration_path: str | Path, feature_extraction_pat
     mapped = map_restoration_state(state, model, restoration_path)
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=False)
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# the command-line options of every command that can run the authors' weights (sr, evaluate)
+# ----------------------------------------------------------------------------------------------
+def add_authors_arguments(parser) -> None:
+    """Add ``--authors-weights`` and ``--authors-features`` to an argparse parser."""
+    parser.add_argument("--authors-weights", type=Path, help="the authors' network_mse.pth or network_gan.pth")
+    parser.add_argument("--authors-features", type=Path,
+                        help="with --authors-weights: C2-Matching's feature_extraction.pth (the matching trunks)")
+
+
+def authors_label(args) -> str | None:
+    """The row label of the authors' weights the arguments name ("authors:<file>"), or None; InputError for
+    ``--authors-features`` without ``--authors-weights``."""
+    if args.authors_features and not args.authors_weights:
+        raise InputError("--authors-features needs --authors-weights (the restoration network it feeds)")
+    return f"authors:{Path(args.authors_weights).name}" if args.authors_weights else None

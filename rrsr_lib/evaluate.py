@@ -324,13 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     under every labelled protocol; one JSON file of per-image rows and a printed summary."""
     import argparse
 
+    from .authors_weights import add_authors_arguments
     from .checkpoints import checkpoint_names
 
     ap = argparse.ArgumentParser(prog="python -m rrsr_lib.evaluate", description=main.__doc__.split(";")[0])
     ap.add_argument("--checkpoint", action="append", default=[], choices=checkpoint_names(), metavar="NAME",
                     help="a shipped checkpoint (repeat for several)")
-    ap.add_argument("--authors-weights", help="the authors' network_mse.pth or network_gan.pth")
-    ap.add_argument("--authors-features", help="C2-Matching's feature_extraction.pth (matching trunks)")
+    add_authors_arguments(ap)
     ap.add_argument("--pairs", type=int, default=10, help="embedded test pairs (1-10)")
     ap.add_argument("--window", type=int, default=0, help="HR window per embedded pair (0: whole images)")
     ap.add_argument("--cufed5", help="a CUFED5 folder (XXX_0.png ... XXX_5.png): level-1 and stitched protocols")
@@ -343,11 +343,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate_command(args) -> None:
     """The work of ``python -m rrsr_lib.evaluate``; raises InputError for anything bad."""
+    from .authors_weights import authors_label
     from .checkpoints import checkpoint_spec, load_authors_checkpoint, load_checkpoint
     from .device import pick_device
 
-    if args.authors_features and not args.authors_weights:
-        raise InputError("--authors-features needs --authors-weights (the restoration network it feeds)")
+    label = authors_label(args)
     if not (1 <= args.pairs <= 10):
         raise InputError(f"--pairs must be 1-10, got {args.pairs}")
     device = pick_device()
@@ -356,8 +356,7 @@ def _evaluate_command(args) -> None:
         spec = checkpoint_spec(name)
         models.append((name, load_checkpoint(name, device), {"model": spec["model"], "config": spec["config"],
                                                              "reciprocal": spec["reciprocal"], "seed": spec["seed"]}))
-    if args.authors_weights:
-        label = f"authors:{Path(args.authors_weights).name}"
+    if label:
         model = load_authors_checkpoint(args.authors_weights, args.authors_features, device)
         models.append((label, model, {"model": "rrsr", "config": "paper", "reciprocal": True, "seed": None,
                                       "padding": "hr",

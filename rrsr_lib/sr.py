@@ -22,26 +22,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .authors_weights import add_authors_arguments, authors_label
+from .data.public import image_files
 from .errors import InputError, run_command
 
 __all__ = ["pair_files", "super_resolve", "main", "DEFAULT_CHECKPOINT"]
 
 # the shipped network the command uses unless told otherwise: RRSR with reciprocal learning, seed 0
 DEFAULT_CHECKPOINT = "rrsr_rec_seed0"
-_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _images(folder: Path, what: str) -> dict[str, Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES
-                   and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"{what} folder {folder} holds no images ({', '.join(_SUFFIXES)})")
-    by_stem: dict[str, Path] = {}
-    for p in files:
-        if p.stem in by_stem:
-            raise InputError(f"{by_stem[p.stem]} and {p}: two images with one name in the {what} folder; keep one")
-        by_stem[p.stem] = p
-    return by_stem
+    # the project's listing (hidden files ignored, two files with one stem refused), keyed by stem
+    return {p.stem: p for p in image_files(folder, f"the {what} folder", "images paired by file name")}
 
 
 def pair_files(inputs: Path, refs: Path, out: Path) -> list[tuple[str, Path, Path, Path]]:
@@ -67,11 +60,11 @@ def pair_files(inputs: Path, refs: Path, out: Path) -> list[tuple[str, Path, Pat
 
 
 def _load_model(args, device):
-    if args.authors_weights:
-        from .checkpoints import load_authors_checkpoint
-        return load_authors_checkpoint(args.authors_weights, args.authors_features, device), \
-            f"authors:{Path(args.authors_weights).name}"
-    from .checkpoints import load_checkpoint
+    from .checkpoints import load_authors_checkpoint, load_checkpoint
+
+    label = authors_label(args)
+    if label:
+        return load_authors_checkpoint(args.authors_weights, args.authors_features, device), label
     return load_checkpoint(args.checkpoint, device), args.checkpoint
 
 
@@ -93,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref", type=Path, required=True, help="reference image, or a folder (pairs by file name)")
     ap.add_argument("--out", type=Path, required=True, help="output PNG, or a folder")
     ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"shipped network (default {DEFAULT_CHECKPOINT})")
-    ap.add_argument("--authors-weights", type=Path, help="the authors' network_mse.pth / network_gan.pth instead")
-    ap.add_argument("--authors-features", type=Path, help="with --authors-weights: C2-Matching's feature_extraction.pth")
+    add_authors_arguments(ap)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     ap.add_argument("--tile", type=int, default=None, help="LR tile side for large images (default: whole image)")
     ap.add_argument("--bicubic", action="store_true", help="also write <name>_bicubic.png beside each result")
@@ -110,9 +102,7 @@ def _run(args) -> None:
     from .images import MIN_LR_PATCH, load_hr, load_rgb, save_png
     from .metrics import psnr, ssim
 
-    if args.authors_features and not args.authors_weights:
-        raise InputError("--authors-features needs --authors-weights")
-    if not args.authors_weights and args.checkpoint not in checkpoint_names():
+    if not authors_label(args) and args.checkpoint not in checkpoint_names():
         raise InputError(f"unknown --checkpoint {args.checkpoint!r}; the shipped ones are {checkpoint_names()}")
     if args.tile is not None and args.tile < 3 * MIN_LR_PATCH:
         raise InputError(f"--tile must be at least {3 * MIN_LR_PATCH} LR pixels, got {args.tile}")

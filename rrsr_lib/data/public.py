@@ -47,7 +47,7 @@ def _folder(path: Path, what: str, layout: str) -> Path:
     return path
 
 
-def _images(folder: Path, what: str, layout: str, required: bool = True) -> list[Path]:
+def image_files(folder: Path, what: str, layout: str, required: bool = True) -> list[Path]:
     """The image files of ``folder``, sorted; hidden files (".name", e.g. macOS's "._name") ignored; two files
     with one stem (a.jpg and a.png) refused, naming both, since pairing by name could not tell which is meant."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
@@ -79,9 +79,9 @@ def _pair_by_stem(root: Path, what: str, inputs: str = "input", refs: str = "ref
     root = _folder(Path(root), what, layout)
     in_dir = _folder(root / inputs, what, layout)
     ref_dir = _folder(root / refs, what, layout)
-    ins = _images(in_dir, what, layout)
+    ins = image_files(in_dir, what, layout)
     ref_by_stem = {}
-    for p in _images(ref_dir, what, layout):
+    for p in image_files(ref_dir, what, layout):
         ref_by_stem.setdefault(p.stem, p)
     pairs = []
     for p in ins:
@@ -188,7 +188,7 @@ class CUFED5(Dataset):
         layout = "one flat folder with XXX_0.png (HR input) and XXX_1.png ... XXX_5.png (references)"
         root = _folder(Path(root), "CUFED5", layout)
         groups: dict[str, dict[int, Path]] = {}
-        for p in _images(root, "CUFED5", layout):
+        for p in image_files(root, "CUFED5", layout):
             m = self._NAME.match(p.stem)
             if m:
                 groups.setdefault(m.group(1), {})[int(m.group(2))] = p
@@ -240,9 +240,9 @@ class Sun80(Dataset):
         gt = _folder(root / "Sun_Hays_SR_groundtruth", "Sun80", layout)
         matches = _folder(root / "Sun_Hays_SR_scenematches", "Sun80", layout)
         self.items = []
-        for p in _images(gt, "Sun80", layout):
+        for p in image_files(gt, "Sun80", layout):
             sub = matches / p.stem
-            refs = _images(sub, "Sun80", layout, required=False) if sub.is_dir() else []
+            refs = image_files(sub, "Sun80", layout, required=False) if sub.is_dir() else []
             if not refs:
                 raise InputError(f"{p}: input without its reference: {sub} is missing or holds no images")
             self.items.append((p.stem, p, refs[0]))
@@ -274,7 +274,7 @@ class SelfReferenceSet(Dataset):
             raise InputError(f"ref_mode must be 'lr' (the LR image) or 'lr_up' (it upsampled x{scale}), got {ref_mode!r}")
         layout = "one flat folder of HR images"
         root = _folder(Path(root), self.dataset, layout)
-        self.files = _images(root, self.dataset, layout)
+        self.files = image_files(root, self.dataset, layout)
         self.scale, self.ref_mode = scale, ref_mode
 
     def __len__(self) -> int:
@@ -300,5 +300,5 @@ class Manga109(SelfReferenceSet):
     dataset = "Manga109"
 
 
-__all__ = ["CUFEDTrain", "CUFED5", "WRSR", "Sun80", "SelfReferenceSet", "Urban100", "Manga109",
+__all__ = ["image_files", "CUFEDTrain", "CUFED5", "WRSR", "Sun80", "SelfReferenceSet", "Urban100", "Manga109",
            "stitch_references", "MIN_LR_PATCH"]
