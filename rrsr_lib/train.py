@@ -185,7 +185,7 @@ def check_params(params: Mapping[str, Any] | None = None, **overrides) -> dict[s
                              f"({type(value).__name__}); fix it in your parameter file")
         numbers = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
-            raise InputError(f"training parameter {name!r} must be finite, got {value!r}; fix it in your parameter file")
+            raise InputError(f"training parameter {name!r} must be finite, got {_short(value)}; fix it in your parameter file")
         if not rule(value):
             raise InputError(f"training parameter {name!r} has an invalid value {_short(value)}: it must be so that "
                              f"it {allowed}")
