@@ -36,7 +36,7 @@ from rrsr_lib.data.embedded import joint_augment  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.images import load_hr, save_png  # noqa: E402
 from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
-from rrsr_lib.train import _StepBatches, _TrainSamples  # noqa: E402
+from rrsr_lib.train_data import StepBatches, TrainSamples  # noqa: E402
 
 GPU_STEP_S = 0.112        # paper configuration, plain, batch 9, one H200 (results/train_benchmark_cuda.json)
 BATCH = 9
@@ -55,8 +55,8 @@ def build_folder(root: Path, pairs: int) -> Path:
 
 
 def loader_rate(root: Path, workers: int, batches: int) -> float:
-    samples = _TrainSamples(CUFEDTrain(root, ref_size=160, augment=True, seed=0), 0, True, (5.0, 19.0))
-    sampler = _StepBatches(len(samples), BATCH, 0, 0, batches + 2, 0, 1)
+    samples = TrainSamples(CUFEDTrain(root, ref_size=160, augment=True, seed=0), 0, True, (5.0, 19.0))
+    sampler = StepBatches(len(samples), BATCH, 0, 0, batches + 2, 0, 1)
     loader = DataLoader(samples, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(0))
     it = iter(loader)

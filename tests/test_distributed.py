@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rrsr_lib.train import _StepBatches
+from rrsr_lib.train_data import StepBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 # the small RRSR with reciprocal learning, HR 32, the authors' learning rate; batch_size is per process
@@ -85,12 +85,12 @@ def runs(tmp_path_factory):
 
 
 def test_n_processes_take_the_one_process_batch_of_every_step_between_them():
-    one = list(_StepBatches(40, 4, 3, 0, 12, rank=0, world=1))
-    parts = [list(_StepBatches(40, 2, 3, 0, 12, rank=r, world=2)) for r in (0, 1)]
+    one = list(StepBatches(40, 4, 3, 0, 12, rank=0, world=1))
+    parts = [list(StepBatches(40, 2, 3, 0, 12, rank=r, world=2)) for r in (0, 1)]
     assert len(one) == 12
     assert all(a == b0 + b1 for a, b0, b1 in zip(one, *parts))
     # resuming at step 5 gives the same batches from there
-    assert list(_StepBatches(40, 2, 3, 5, 12, rank=1, world=2)) == parts[1][5:]
+    assert list(StepBatches(40, 2, 3, 5, 12, rank=1, world=2)) == parts[1][5:]
 
 
 def test_two_processes_log_the_same_losses_and_end_with_the_same_weights_as_one(runs):

@@ -357,10 +357,10 @@ def test_bad_parameter_files_give_one_bounded_message(tmp_path, content, message
 
 
 def test_set_values_are_parsed_as_parameter_files_are(tmp_path, capsys):
-    from rrsr_lib.train import _parse_set
-    assert _parse_set(["lr=1e-3", "seed=010", "lr_milestones=[5, 9]"]) == {"lr": 1e-3, "seed": 10, "lr_milestones": [5, 9]}
+    from rrsr_lib.train_params import parse_overrides
+    assert parse_overrides(["lr=1e-3", "seed=010", "lr_milestones=[5, 9]"]) == {"lr": 1e-3, "seed": 10, "lr_milestones": [5, 9]}
     with pytest.raises(InputError, match=r"--set iterations: not valid YAML"):
-        _parse_set(["iterations=[1,"])
+        parse_overrides(["iterations=[1,"])
     f = tmp_path / "p.yaml"
     f.write_text("iterations: 2\n")
     assert main(["--params", str(f), "--set", "iterations=[1,"]) == 2
@@ -384,7 +384,7 @@ def test_a_bad_image_read_in_a_loader_worker_gives_its_own_message(tmp_path, mon
 
         def __getitem__(self, i):
             raise InputError(f"/data/CUFED/input/{i:03d}.png: is truncated or corrupt; download or export it again")
-    monkeypatch.setattr(tr, "_training_set", lambda p: Broken())
+    monkeypatch.setattr(tr, "training_set", lambda p: Broken())
     with pytest.raises(InputError) as info:
         train(dict(TINY, iterations=2, num_workers=1, reciprocal=False, output_dir=str(tmp_path)), model=ToyRefSR())
     assert str(info.value).startswith("/data/CUFED/input/") and "is truncated or corrupt" in str(info.value)
