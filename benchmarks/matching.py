@@ -54,7 +54,8 @@ def worker(spec: dict) -> dict:
     """Run one measurement in this (fresh) process; return a dict of results."""
     import torch
     torch.set_num_threads(spec["threads"])
-    from rrsr_lib.matching import match_coarse_to_fine, match_patches, match_patches_naive, plan_blocks
+    from rrsr_lib.fast.matching_blocked import plan_blocks
+    from rrsr_lib.matching import match_coarse_to_fine, match_patches, match_patches_naive
 
     if spec["method"] == "gemm":
         out = {}

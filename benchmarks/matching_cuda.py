@@ -27,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rrsr_lib.matching import match_patches, match_patches_naive, plan_blocks  # noqa: E402
+from rrsr_lib.fast.matching_blocked import plan_blocks  # noqa: E402
+from rrsr_lib.matching import match_patches, match_patches_naive  # noqa: E402
 
 CASES = {"cufed5": (256, 83, 125), "large_c64": (64, 200, 200)}   # (C, H, W) of input and reference
 

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from rrsr_lib.data import EmbeddedTestPairs
 from rrsr_lib.errors import InputError
-from rrsr_lib.matching import (BlockPlan, _block_bytes, _speed_knobs, match_coarse_to_fine, match_patches, match_patches_naive, plan_blocks,
-                               normalize_pixels)
+from rrsr_lib.fast.matching_blocked import BlockPlan, _block_bytes, _speed_knobs, plan_blocks
+from rrsr_lib.matching import match_coarse_to_fine, match_patches, match_patches_naive, normalize_pixels
 from rrsr_lib.vgg import VGGFeatures
 
 
