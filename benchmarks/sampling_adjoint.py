@@ -1,4 +1,4 @@
-"""The input gradient of bilinear sampling: rrsr_lib.sampling_adjoint's numba kernel against ATen's, same run.
+"""The input gradient of bilinear sampling: rrsr_lib.fast.sampling_adjoint's numba kernel against ATen's, same run.
 
 This gradient (a scatter) is what reciprocal learning's pass 2 adds to the alignment units' backward pass,
 because its reference, SR, is not detached (rrsr_lib.reciprocal). For one sample of the batch at each scale
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rrsr_lib import sampling_adjoint  # noqa: E402
 from rrsr_lib.alignment import TAPS, _exact_size  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
+from rrsr_lib.fast import sampling_adjoint  # noqa: E402
 
 # scale -> (channels per group, feature size) for HR patch 160 and 8 deformable groups (RRSR's training set-up)
 SCALES = {"x4": (8, 160), "x2": (16, 80), "x1": (32, 40)}

@@ -11,7 +11,7 @@ measured and reported separately.
 
 Writes (updates) results/train_benchmark.json, one entry per "<model>_<config>_b<batch>_hr<hr>", and prints the ratio.
 With --scatter both, a third kind of step (reciprocal with ATen's kernel for the reference gradient) is interleaved
-too, so that the saving of rrsr_lib.sampling_adjoint is measured against its baseline in the same run.
+too, so that the saving of rrsr_lib.fast.sampling_adjoint is measured against its baseline in the same run.
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rrsr_lib import sampling_adjoint  # noqa: E402
 from rrsr_lib.data import EmbeddedTrainPairs  # noqa: E402
 from rrsr_lib.device import pick_device, seed_everything  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
+from rrsr_lib.fast import sampling_adjoint  # noqa: E402
 from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
 from rrsr_lib.train import Trainer, check_params  # noqa: E402
 
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
                     help="torch CPU threads (1: on a shared machine two threads mostly wait for each other)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--scatter", default="numba", choices=["numba", "aten", "both"],
-                    help="CPU kernel for the reference gradient of pass 2 (rrsr_lib.sampling_adjoint): the "
+                    help="CPU kernel for the reference gradient of pass 2 (rrsr_lib.fast.sampling_adjoint): the "
                          "numba one (default), ATen's grid_sampler_2d_backward, or both: a third interleaved "
                          "kind of step, reciprocal with ATen's kernel, measures what the numba kernel saves")
     ap.add_argument("--out", default=str(ROOT / "results" / "train_benchmark.json"))

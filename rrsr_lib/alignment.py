@@ -25,10 +25,11 @@ Two implementations of the same operator, chosen by ``path``:
 * ``"sampling"``: "sample, then convolve": bilinear sampling of the 9 taps with ``grid_sample``
   (an im2col whose columns sit at the deformed positions), times the modulation mask, then ONE
   matrix multiplication with the kernel, one sample of the batch at a time. Same numbers (forward and
-  gradients), about 4x faster than torchvision for one alignment unit on the CPU (forward + backward).
-  When the sampled feature itself needs a gradient (reciprocal learning's pass 2, whose reference is SR),
-  that gradient comes from the numba kernel of rrsr_lib.sampling_adjoint, 9-13x faster than ATen's
-  (benchmarks/sampling_adjoint.py).
+  gradients), several times faster than torchvision for one alignment unit on the CPU (forward +
+  backward). :func:`deform_conv_sampling` writes it out and hands the batch to the autograd Function of
+  rrsr_lib.fast.deform_sampling (hand-written backward pass); when the sampled feature itself needs a
+  gradient (reciprocal learning's pass 2, whose reference is SR), that gradient comes from the numba
+  kernel of rrsr_lib.fast.sampling_adjoint, much faster than ATen's. The timings are in PERFORMANCE.md.
 * ``"auto"`` (default): "sampling" on the CPU, "torchvision" on accelerators.
 
 Kink at integer positions: bilinear interpolation is not differentiable where a sampling coordinate
@@ -53,9 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from . import sampling_adjoint
 from .blocks import LRELU_SLOPE, conv3x3
 from .errors import InputError
+from .fast.deform_sampling import SampleModulateMultiply
 from .offsets import to_deform_offsets
 
 __all__ = ["DEFORM_PATHS", "deform_path", "get_deform_path", "resolve_path", "tap_positions", "sample_taps",
@@ -182,98 +183,6 @@ def sample_taps(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return samples.view(b, g, c // g, TAPS, h * w)
 
 
-class _SampleModulateMultiply(torch.autograd.Function):
-    """The sampling path for a batch, one sample at a time: taps (grid_sample), times masks, one matmul.
-
-    forward(x [B, G, Cg, H, W], grid [B, G, 9H, W, 2] on the map zero-padded to Hp x Wp, mask [B, G, 1, 9, HW],
-    w2 [Cout, G*Cg*9], bias, hp, wp) -> [B, Cout, HW]. The padding happens inside, so that the input's
-    gradient (when it needs one: reciprocal pass 2) is computed for the H x W map only, not for the padding
-    (at x4, 160 x 160 of the 257 x 257 padded map). Working on one sample at a time keeps every temporary
-    small (on the CPU that is faster than whole-batch tensors, and inference never holds the column tensor of
-    the whole batch, 9x the size of the input). For the backward pass only the unmodulated samples are kept
-    (grid_sample is the most expensive step; sampling again would cost more time than the memory is worth),
-    not the modulated columns, which the backward recomputes sample by sample.
-    """
-
-    @staticmethod
-    def forward(ctx, x, grid, mask, w2, bias, hp, wp):
-        b, g, cg, h, w = x.shape
-        # zero rows/columns up to 2^k + 1 (see _sampling_grid)
-        xp = F.pad(x, (0, wp - w, 0, hp - h))
-        n = mask.shape[-1]
-        keep = any(ctx.needs_input_grad[1:4])   # offsets, masks or kernel need gradients
-        out = xp.new_empty(b, w2.shape[0], n)
-        samples = xp.new_empty(b, g, cg, TAPS, n) if keep else None
-        for i in range(b):
-            s = F.grid_sample(xp[i], grid[i], mode="bilinear", padding_mode="zeros", align_corners=True)
-            s = s.view(g, cg, TAPS, n)
-            if keep:
-                samples[i] = s
-            # columns: m_k(p) * x(p + k + offset_k(p)), row index (g, c, k) = c*9 + k as in weight.view(Cout, C*9)
-            cols = s.mul_(mask[i]).view(g * cg * TAPS, n)
-            # out[o, p] = sum_{c,k} W[o, c, k] * cols[c*9 + k, p] + bias[o]
-            if bias is None:
-                torch.mm(w2, cols, out=out[i])
-            else:
-                torch.addmm(bias.unsqueeze(1), w2, cols, out=out[i])
-        ctx.save_for_backward(xp, grid, mask, w2, samples)
-        ctx.has_bias, ctx.hw = bias is not None, (h, w)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        xp, grid, mask, w2, samples = ctx.saved_tensors
-        need_x, need_grid, need_mask, need_w = ctx.needs_input_grad[:4]
-        b, g, cg, hp, wp = xp.shape
-        h, w = ctx.hw
-        n = mask.shape[-1]
-        # every sample's slice of the input gradient is written whole below (by either kernel): no zeroing pass
-        grad_x = xp.new_empty(b, g, cg, h, w) if need_x else None
-        grad_grid = torch.empty_like(grid) if need_grid else None
-        grad_mask = torch.empty_like(mask) if need_mask else None
-        grad_w2 = torch.zeros_like(w2) if need_w else None
-        grad_bias = grad_out.sum(dim=(0, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        # the input's gradient (needed only when the reference itself needs one: reciprocal pass 2) by the
-        # numba kernel of rrsr_lib.sampling_adjoint, 9-13x faster than ATen's CPU scatter, same sums, for the
-        # H x W map only; ATen's kernel computes it for the padded map, which is then cropped
-        numba_x = (need_x and xp.device.type == "cpu" and xp.dtype in (torch.float32, torch.float64)
-                   and grid.dtype == xp.dtype == grad_out.dtype and xp.is_contiguous() and min(h, w) >= 2
-                   and sampling_adjoint.available())
-        aten_x = need_x and not numba_x
-        for i in range(b):
-            if samples is not None:
-                s4 = samples[i]
-            else:   # only the input needs a gradient: sample again
-                s4 = F.grid_sample(xp[i], grid[i], mode="bilinear", padding_mode="zeros",
-                                   align_corners=True).view(g, cg, TAPS, n)
-            go = grad_out[i]
-            # d out / d cols = W^T grad
-            gc = (w2.t() @ go).view(g, cg, TAPS, n)
-            if need_mask:
-                # d / d m_k(p) = sum over the group's channels of grad_cols * samples (channel by channel: fast)
-                gm = grad_mask[i, :, 0]
-                torch.mul(gc[:, 0], s4[:, 0], out=gm)
-                for c in range(1, cg):
-                    gm.addcmul_(gc[:, c], s4[:, c])
-            if need_w:
-                # d / d W = grad @ cols^T, with the columns recomputed for this sample
-                grad_w2.addmm_(go, (s4 * mask[i]).view(g * cg * TAPS, n).t())
-            if need_x or need_grid:
-                gs = gc.mul_(mask[i]).view(g, cg, grid.shape[2], grid.shape[3])   # grid_sample's output layout
-                if numba_x:
-                    sampling_adjoint.bilinear_input_grad(gs, grid[i].contiguous(), grad_x[i], accumulate=False,
-                                                         grid_size=(hp, wp))
-                if aten_x or need_grid:
-                    gx, gg = torch.ops.aten.grid_sampler_2d_backward(gs, xp[i], grid[i], 0, 0, True,
-                                                                     [aten_x, need_grid])
-                    if aten_x:
-                        grad_x[i] = gx[..., :h, :w]
-                    if need_grid:
-                        grad_grid[i] = gg
-        return grad_x, grad_grid, grad_mask, grad_w2, grad_bias, None, None
-
-
 def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """Modulated deformable 3x3 convolution as "sample the 9 taps, then one matrix multiplication".
@@ -283,12 +192,13 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     Returns [B, Cout, H, W], equal to ``torchvision.ops.deform_conv2d(x, offset, weight, bias,
     padding=1, mask=mask)`` (to float rounding; gradients too, see the module docstring).
     Written out for one sample: cols = sample_taps(x, offset) * mask (per group and tap), then
-    out = weight.view(Cout, C*9) @ cols; :class:`_SampleModulateMultiply` does exactly that, sample by sample.
+    out = weight.view(Cout, C*9) @ cols; :class:`rrsr_lib.fast.deform_sampling.SampleModulateMultiply` does
+    exactly that, sample by sample, with a hand-written backward pass.
     """
     groups = _check(x, offset, mask, weight, bias)
     b, c, h, w = x.shape
     grid, hp, wp = _tap_grid(offset, h, w)
-    out = _SampleModulateMultiply.apply(x.contiguous().view(b, groups, c // groups, h, w), grid,
+    out = SampleModulateMultiply.apply(x.contiguous().view(b, groups, c // groups, h, w), grid,
                                         mask.reshape(b, groups, 1, TAPS, h * w),
                                         weight.reshape(weight.shape[0], c * TAPS), bias, hp, wp)
     return out.view(b, weight.shape[0], h, w)

@@ -18,7 +18,7 @@ texture. At test time nothing changes: inference is pass 1 alone.
 
 Cost: a reciprocal step is two plain steps plus the gradient into SR, i.e. the backward pass of the VGG
 texture layers on SR and the input gradient of every alignment unit's bilinear sampling (a scatter; on the
-CPU rrsr_lib.sampling_adjoint computes it, 9-13x faster than ATen: benchmarks/sampling_adjoint.py).
+CPU rrsr_lib.fast.sampling_adjoint computes it, much faster than ATen: benchmarks/sampling_adjoint.py).
 benchmarks/train.py measures the ratio.
 
 Shapes (the authors' training set-up): LR (B, 3, 40, 40), Ref and HR (B, 3, 160, 160); Ref_w

@@ -1,4 +1,4 @@
-"""Tests of rrsr_lib.sampling_adjoint: the numba input gradient of bilinear sampling equals ATen's.
+"""Tests of rrsr_lib.fast.sampling_adjoint: the numba input gradient of bilinear sampling equals ATen's.
 
 ATen's ``grid_sampler_2d_backward`` is the reference: same weights (bit for bit where only one sample
 touches a pixel), same zero padding at the borders, sums equal up to the order of float additions.
@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from rrsr_lib import sampling_adjoint
 from rrsr_lib.alignment import deform_conv_sampling
-from rrsr_lib.sampling_adjoint import bilinear_input_grad
+from rrsr_lib.fast import sampling_adjoint
+from rrsr_lib.fast.sampling_adjoint import bilinear_input_grad
 
 pytestmark = pytest.mark.skipif(not sampling_adjoint.available(), reason="numba is not installed")
 
@@ -150,7 +150,7 @@ def test_without_numba_the_aten_kernel_is_used_and_said_once(monkeypatch, caplog
     monkeypatch.setattr(sampling_adjoint, "_kernel", None)
     monkeypatch.setattr(sampling_adjoint, "_state", {"enabled": True, "checked": False, "ok": False})
     monkeypatch.setitem(sys.modules, "numba", None)     # `import numba` now raises ImportError
-    with caplog.at_level(logging.WARNING, logger="rrsr_lib.sampling_adjoint"):
+    with caplog.at_level(logging.WARNING, logger="rrsr_lib.fast.sampling_adjoint"):
         assert not sampling_adjoint.available()
         assert not sampling_adjoint.available()
     assert len([r for r in caplog.records if "numba unavailable" in r.getMessage()]) == 1

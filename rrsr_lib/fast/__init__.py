@@ -10,4 +10,13 @@ each one saves, measured, is in PERFORMANCE.md.
   holds one input-patch x reference-patch matrix, whose memory grows with the product of the image sizes;
   this one computes the same maxima from pixel similarities, block by block, under a memory budget.
   tests/test_matching.py compares the two.
+* :mod:`rrsr_lib.fast.deform_sampling`: the autograd Function behind :func:`rrsr_lib.alignment.deform_conv_sampling`
+  (the alignment units' "sampling" path, chosen on the CPU by :func:`rrsr_lib.alignment.modulated_deform_conv`):
+  sample the 9 taps, modulate, one matrix multiplication, sample by sample, with a hand-written backward pass,
+  because torchvision's deform_conv2d (the "torchvision" path) is slow on the CPU. tests/test_alignment.py
+  compares the two paths, forward and gradients.
+* :mod:`rrsr_lib.fast.sampling_adjoint` (kernels in :mod:`rrsr_lib.fast._sampling_adjoint_kernels`): the input
+  gradient of bilinear sampling as a numba scatter, used by that backward pass on the CPU when the reference
+  needs a gradient (reciprocal learning's pass 2), because ATen's CPU kernel for it dominated a reciprocal
+  step. Without numba ATen's kernel is used; tests/test_sampling_adjoint.py compares the two.
 """

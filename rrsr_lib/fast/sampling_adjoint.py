@@ -13,8 +13,8 @@ reference needs no gradient).
 
 ATen's CPU kernel (``grid_sampler_2d_backward``) does that scatter scalar by scalar, all channels of a point
 before the next point, with masks and index arithmetic for every lane: at CUFED5-sized x4 features
-(8 groups x 8 channels, 9 x 160 x 160 samples) it takes ~0.3 s per sample of the batch, ~2.5x the
-forward sampling, and it made a reciprocal step cost 2.2-2.4x a plain step on one CPU core (issue 5).
+(8 groups x 8 channels, 9 x 160 x 160 samples) it costs more than the forward sampling, and it made a
+reciprocal step cost well over twice a plain step on one CPU core (issue 5; the figures are in PERFORMANCE.md).
 Here the same sum is computed in two passes per group, compiled with numba:
 
 1. per sample position s: the index of its top-left corner and its 4 weights, with the weights of
@@ -23,15 +23,15 @@ Here the same sum is computed in two passes per group, compiled with numba:
    into an accumulator holding a pixel's 8 channels side by side (one 32-byte run), so that a sample's 4
    corners touch 4 cache lines rather than 32 and its corner and weights are read once per 8 channels;
    the accumulator is then copied back to the planar layout, all 8 planes in one pass. Channels beyond a
-   multiple of 8 get one sweep each, straight into their plane. The blocks made the kernel 1.3-1.4x faster
-   than one sweep per channel; compiling them with LLVM's SLP vectoriser on (numba leaves it off by
-   default), so that a corner's 8 adds become one 8-wide SIMD add, made it another 1.6-1.9x faster,
-   with bit-identical results (the order of the additions into each value is unchanged).
+   multiple of 8 get one sweep each, straight into their plane. The blocks are faster than one sweep per
+   channel, and they are compiled with LLVM's SLP vectoriser on (numba leaves it off by default), so that a
+   corner's 8 adds become one 8-wide SIMD add: faster again, with bit-identical results (the order of the
+   additions into each value is unchanged). PERFORMANCE.md has the measured gains.
 
 The alignment units sample feature maps zero-padded to 2^k + 1 pixels (exact integer positions, see
 rrsr_lib.alignment). ``grid_size`` tells the kernel that size while ``out`` holds the unpadded map: corners
 in the padding are then treated like corners outside the map, and no gradient is computed for the padding
-(at x4, 160 x 160 pixels instead of 257 x 257; 1.05-1.2x faster, and no crop afterwards).
+(at x4, 160 x 160 pixels instead of 257 x 257, and no crop afterwards).
 
 The weights are computed with ATen's formulas and operation order (align_corners=True, bilinear, zeros),
 so each term is bit-identical; only the order of the additions into a pixel differs (float rounding,
@@ -39,9 +39,9 @@ relative 1e-7 in float32; tests/test_sampling_adjoint.py compares with ATen). Gr
 ``torch.get_num_threads()`` threads (each group writes only its own planes). The kernel is plain serial
 numba code (no numba threading layer: OpenMP's spinning threads would double the CPU time it costs).
 
-The kernels are in rrsr_lib._sampling_adjoint_kernels. The first use in a process compiles them for float32
-and float64 (about 8 s on the 2-core machine, once) or loads them from numba's cache (``rrsr_lib/__pycache__``,
-or numba's user cache where that is read-only; about 1 s).
+The kernels are in rrsr_lib.fast._sampling_adjoint_kernels. The first use in a process compiles them for
+float32 and float64 (seconds, once) or loads them from numba's cache (``rrsr_lib/fast/__pycache__``, or numba's
+user cache where that is read-only).
 
 numba is a dependency (pyproject.toml). Where it cannot be imported, :func:`available` is False and
 rrsr_lib.alignment falls back to ATen's kernel, saying so once.
@@ -53,7 +53,7 @@ import logging
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["available", "use_numba", "bilinear_input_grad"]
 
@@ -73,7 +73,7 @@ def available() -> bool:
             _build()
             _state["ok"] = True
         except ImportError as exc:   # numba missing or broken: ATen's kernel does the same job, slower
-            log.warning("rrsr_lib.sampling_adjoint: numba unavailable (%s); using ATen's slower CPU kernel "
+            log.warning("rrsr_lib.fast.sampling_adjoint: numba unavailable (%s); using ATen's slower CPU kernel "
                         "for the reference gradient of reciprocal learning", exc)
     return _state["ok"]
 
@@ -129,7 +129,7 @@ def bilinear_input_grad(grad_samples: torch.Tensor, grid: torch.Tensor, out: tor
     (cropped to H x W; plus ``out``) up to the order of float additions. Returns ``out``.
     """
     if not available():
-        raise RuntimeError("rrsr_lib.sampling_adjoint: numba is not available (pip install numba)")
+        raise RuntimeError("rrsr_lib.fast.sampling_adjoint: numba is not available (pip install numba)")
     n, c, h, w = out.shape
     hs, ws = (h, w) if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
     if hs < h or ws < w:

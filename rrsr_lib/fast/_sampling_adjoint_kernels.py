@@ -1,4 +1,4 @@
-"""The numba kernels of rrsr_lib.sampling_adjoint (imported by it on first use; see its docstring).
+"""The numba kernels of rrsr_lib.fast.sampling_adjoint (imported by it on first use; see its docstring).
 
 They live in their own module, at module level, so that numba's on-disk cache can find them again in the
 next process (a kernel defined inside a function and calling another one is compiled afresh every time), and
