@@ -39,7 +39,8 @@ def _child(task: str, path: str, config: str, batch: int, repeats: int, threads:
 
     sys.path.insert(0, str(ROOT))
     from rrsr_lib.alignment import deform_path
-    from rrsr_lib.device import keep_freed_cpu_memory, seed_everything
+    from rrsr_lib.device import seed_everything
+    from rrsr_lib.fast.memory import keep_freed_cpu_memory
     from rrsr_lib.models import build_model, count_parameters
 
     torch.set_num_threads(threads)

@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
                 + ("wall time" if col == 0 else "CPU time of this process (wall times listed too)"),
         "plain_wall_seconds": [r[0] for r in runs["plain"]],
         "reciprocal_wall_seconds": [r[0] for r in runs["reciprocal"]],
-        # the kernel's share of the CPU time and the page faults: with rrsr_lib.device.keep_freed_cpu_memory
+        # the kernel's share of the CPU time and the page faults: with rrsr_lib.fast.memory.keep_freed_cpu_memory
         # (the Trainer turns it on) both should be ~0 after the warm-up, so the ratio is the steps' own work
         "plain_system_seconds": [r[2] for r in runs["plain"]],
         "reciprocal_system_seconds": [r[2] for r in runs["reciprocal"]],

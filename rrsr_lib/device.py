@@ -5,16 +5,16 @@ where ``device`` comes from :func:`pick_device`.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import InputError
+# re-exported: the training code (rrsr_lib.trainer) imports the glibc malloc tuning of rrsr_lib.fast.memory from here
+from .fast.memory import keep_freed_cpu_memory  # noqa: F401
 
 _CHOICES = ("auto", "cuda", "mps", "cpu")
 
@@ -48,46 +48,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_kept = False
-
-
-def keep_freed_cpu_memory() -> bool:
-    """Let this process reuse the memory it frees instead of handing it back to the operating system.
-
-    A CPU training step allocates and frees tensors of tens to hundreds of MB (activations, the sampled
-    taps of the deformable convolutions, their gradients). glibc's malloc serves each of them with a fresh
-    ``mmap`` and returns it with ``munmap``, so every step the kernel maps and zeroes the same gigabytes again:
-    on the project's 2-core machine a small-RRSR step (batch 9, HR 160) spent 4-8 s of its 27-33 s in the
-    kernel (1.4-2.4 million page faults). With ``mmap`` off for malloc and heap trimming off, freed blocks
-    are reused: 0 page faults and about 25% less time per step. The same effect as starting Python with
-    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`` (or with jemalloc/tcmalloc, as CPU tuning guides
-    advise); numbers do not change. The price: the process keeps its peak memory until it exits.
-
-    Trimming is turned off completely (-1), not just set high: with the largest threshold mallopt accepts
-    (2^31 - 1 bytes), a reciprocal step, which frees more than 2 GiB at once at its end, gave the top of the
-    heap back every time and the next one mapped it again (600,000-860,000 page faults and 5-8 s of system
-    time per step in one run of benchmarks/train.py).
-
-    Linux with glibc only; elsewhere, or if libc cannot be loaded, nothing is changed. Process-wide and
-    idempotent. Returns True if the setting is (now) in effect.
-    """
-    global _kept
-    if _kept:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        # M_TRIM_THRESHOLD = -1: never trim (mallopt(3)); M_MMAP_MAX = 0: every block from the heap
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
-    except (OSError, AttributeError):
-        return False
-    _kept = bool(ok)
-    return _kept
 
 
 def free_cores() -> int:

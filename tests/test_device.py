@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from rrsr_lib.device import keep_freed_cpu_memory
+from rrsr_lib.fast.memory import keep_freed_cpu_memory
 kept = keep_freed_cpu_memory() if {keep} else False
 torch.set_num_threads(1)
 conv = torch.nn.Conv2d(64, 64, 3, padding=1)
@@ -49,7 +49,7 @@ def test_keep_freed_cpu_memory_reuses_freed_blocks_without_page_faults():
 _BIG_FREE = """
 import ctypes, resource, sys
 sys.path.insert(0, {root!r})
-from rrsr_lib.device import keep_freed_cpu_memory
+from rrsr_lib.fast.memory import keep_freed_cpu_memory
 assert keep_freed_cpu_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

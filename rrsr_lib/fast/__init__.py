@@ -19,4 +19,7 @@ each one saves, measured, is in PERFORMANCE.md.
   gradient of bilinear sampling as a numba scatter, used by that backward pass on the CPU when the reference
   needs a gradient (reciprocal learning's pass 2), because ATen's CPU kernel for it dominated a reciprocal
   step. Without numba ATen's kernel is used; tests/test_sampling_adjoint.py compares the two.
+* :mod:`rrsr_lib.fast.memory`: glibc malloc tuning (:func:`rrsr_lib.fast.memory.keep_freed_cpu_memory`, turned
+  on by the trainer on the CPU, re-exported by rrsr_lib.device): freed memory is reused instead of mapped and
+  zeroed again every step. Computes nothing; numbers do not change. tests/test_device.py checks the page faults.
 """
