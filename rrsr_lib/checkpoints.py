@@ -21,28 +21,22 @@ What ``model.pt`` stores, and what it does not:
   trunks) are rebuilt from their own shipped weights when the network is built; a fingerprint of them
   (sha256 over their tensors) is stored in info.json and checked at load time, so a checkpoint is never
   run with other frozen features than the ones it was trained with;
-* weight tensors of 2 or more dimensions with at least :data:`QUANTIZE_MIN_NUMEL` values as int8 with
-  one float32 scale per output channel (symmetric: w = q * scale, scale = max|w| / 127), everything else
-  (biases, small tensors) as float32. RRSR's "small" network has 2.6 M trained parameters because its
-  alignment and selection units see VGG's 256/128/64 texture channels: 10.5 MB in float32 and 5.3 MB in
-  float16, above the 5 MB a shipped checkpoint may take; int8 makes it 2.7 MB. Every number the project
-  reports is measured with the weights as shipped (dequantized), never with the float32 originals.
+* large weight tensors as int8 with one float32 scale per output channel, everything else (biases, small
+  tensors) as float32 (:mod:`rrsr_lib.fast.int8`: what is quantized, how, and why: a shipped checkpoint
+  may take 5 MB). Every number the project reports is measured with the weights as shipped (dequantized),
+  never with the float32 originals.
 
 :func:`load_checkpoint` checks the file's sha256 against info.json and names the command that trains a
 missing checkpoint. ``python scripts/train_checkpoints.py`` regenerates every checkpoint from its
-params.yaml (:func:`train_checkpoint`).
+params.yaml (:func:`rrsr_lib.checkpoint_training.train_checkpoint`, which also writes the params.yaml files).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import os
-import platform
 import re
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +44,16 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .files import atomic_output, atomic_torch_save, atomic_write_text, load_tensors, sha256_file
+from .fast.int8 import pack_tensors, unpack_tensors
+from .files import atomic_torch_save, atomic_write_text, load_tensors, sha256_file
 from .figures import project_root
 
-__all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "QUANTIZE_MIN_NUMEL", "checkpoints_dir", "checkpoint_names",
-           "checkpoint_spec", "build_architecture", "frozen_prefixes", "frozen_fingerprint", "pack_state_dict",
+__all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "checkpoints_dir", "checkpoint_names",
+           "checkpoint_spec", "spec_architecture", "build_architecture", "frozen_prefixes", "frozen_fingerprint", "pack_state_dict",
            "unpack_state_dict", "save_checkpoint", "checkpoint_info", "load_checkpoint", "list_checkpoints",
-           "params_text", "write_params", "train_checkpoint", "sha256_file", "load_authors_checkpoint"]
+           "sha256_file", "load_authors_checkpoint"]
 
 FORMAT = "rrsr-checkpoint/1"
-# weight tensors with at least this many values are stored as int8 + per-output-channel scales
-QUANTIZE_MIN_NUMEL = 1024
 
 # ----------------------------------------------------------------------------------------------
 # the recipe: one set of training parameters for every shipped checkpoint
@@ -151,7 +144,8 @@ def checkpoint_spec(name: str) -> dict:
     return dict(CHECKPOINTS[name])
 
 
-def _architecture(spec: dict) -> dict:
+def spec_architecture(spec: dict) -> dict:
+    """The architecture record (see :func:`build_architecture`) of a checkpoint specification (:func:`checkpoint_spec`)."""
     arch = {"model": spec["model"], "config": spec["config"], "matching": MATCHING, "vgg_weights": VGG_WEIGHTS}
     if spec["model"] in ("rrsr", "c2"):
         arch["variant"] = dict(AUTHORS_VARIANT)
@@ -235,33 +229,18 @@ def pack_state_dict(model: nn.Module) -> dict:
     """The trained tensors of ``model`` as a dict of plain tensors (torch.load(weights_only=True) can read it).
 
     Returns {"format": FORMAT, "float": {name: float32 tensor}, "int8": {name: int8 tensor},
-    "scale": {name: float32 tensor [out_channels]}}: weights with dim >= 2 and >= QUANTIZE_MIN_NUMEL values go
-    to "int8" with one scale per output channel (dim 0), w ~= q * scale, scale = max|w| / 127.
+    "scale": {name: float32 tensor [out_channels]}}: the frozen parts are left out (:func:`frozen_prefixes`),
+    large weights go to "int8" (:func:`rrsr_lib.fast.int8.pack_tensors`: w ~= q * scale per output channel).
     """
     trained, _ = _split_state(model)
-    out = {"format": FORMAT, "float": {}, "int8": {}, "scale": {}}
-    for k, v in trained.items():
-        v = v.detach().to("cpu")
-        if v.is_floating_point() and v.dim() >= 2 and v.numel() >= QUANTIZE_MIN_NUMEL:
-            w = v.float().reshape(v.shape[0], -1)
-            # symmetric int8 per output channel: scale = max|w| / 127, q = round(w / scale)
-            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-            out["int8"][k] = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(v.shape).clone()
-            out["scale"][k] = scale.clone()
-        else:
-            out["float"][k] = (v.float() if v.is_floating_point() else v).clone()
-    return out
+    return {"format": FORMAT, **pack_tensors(trained)}
 
 
 def unpack_state_dict(packed: dict) -> dict[str, torch.Tensor]:
     """Inverse of :func:`pack_state_dict`: {name: tensor} with int8 weights dequantized to float32."""
     if not isinstance(packed, dict) or packed.get("format") != FORMAT:
         raise InputError(f"not an rrsr checkpoint of format {FORMAT!r}; write it with rrsr_lib.checkpoints.save_checkpoint")
-    state = dict(packed["float"])
-    for k, q in packed["int8"].items():
-        scale = packed["scale"][k]
-        state[k] = (q.float().reshape(q.shape[0], -1) * scale[:, None]).reshape(q.shape)
-    return state
+    return unpack_tensors(packed)
 
 
 def save_checkpoint(model: nn.Module, folder: str | Path, arch: dict, **info) -> dict:
@@ -381,111 +360,3 @@ def list_checkpoints(root: str | Path | None = None) -> list[dict]:
         rows.append({"name": name, **spec, "present": present, "bytes": info.get("bytes"),
                      "train_seconds": info.get("train_seconds"), "iterations": info.get("iterations")})
     return rows
-
-
-# ----------------------------------------------------------------------------------------------
-# making them
-# ----------------------------------------------------------------------------------------------
-def _yaml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v) if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
-    return str(v)
-
-
-def params_text(name: str) -> str:
-    """The params.yaml of a shipped checkpoint: every parameter of rrsr_lib.train.PARAMETERS, with the
-    recipe's values and comments (authors' values elsewhere). Parsed by rrsr_lib.train.load_params."""
-    from .train import PARAMETERS
-
-    spec = checkpoint_spec(name)
-    arch_note = f"architecture: {spec['model']} '{spec['config']}' (info.json)"
-    if spec["config"] != "small":
-        arch_note += "; built by rrsr_lib.checkpoints (train's model_config names its base)"
-    per_run = {"model": (spec["model"], arch_note),
-               "model_config": ("small", "CPU-sized configuration: same code as 'paper', smaller numbers"),
-               "reciprocal": (spec["reciprocal"], "reciprocal second pass on/off"),
-               "seed": (spec["seed"], ""),
-               "output_dir": (f"runs/checkpoints/{name}", "training folder; model.pt is packed into checkpoints/")}
-    lines = [f"# checkpoint {name}: {spec['model']} ({spec['config']}), reciprocal learning "
-             f"{'on' if spec['reciprocal'] else 'off'}, seed {spec['seed']}" + (f"; {spec['note']}" if spec["note"] else ""),
-             "# The recipe shared by every shipped checkpoint (rrsr_lib.checkpoints.RECIPE): same data, patch, batch,",
-             "# steps and schedule for every model. Retrain: python scripts/train_checkpoints.py " + name]
-    for key, (default, *_rest) in PARAMETERS.items():
-        value, comment = per_run.get(key) or RECIPE.get(key) or (default, "")
-        line = f"{key}: {_yaml_value(value)}"
-        lines.append(f"{line:<28} # {comment}" if comment else line)
-    return "\n".join(lines) + "\n"
-
-
-def write_params(name: str, root: str | Path | None = None) -> Path:
-    """Write ``checkpoints/<name>/params.yaml`` from the recipe (see :func:`params_text`); returns its path."""
-    from .train import load_params
-
-    root = Path(root) if root is not None else checkpoints_dir()
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "params.yaml"
-    atomic_write_text(path, params_text(name))
-    load_params(path)  # the file must be valid for rrsr_lib.train
-    return path
-
-
-def train_checkpoint(name: str, root: str | Path | None = None, params_file: str | Path | None = None,
-                     threads: int | None = 1, **overrides) -> dict:
-    """Train checkpoint ``name`` from its params.yaml and pack it into ``root/<name>/``.
-
-    params_file: the parameter file to train from (default: ``<checkpoints_dir()>/<name>/params.yaml``, or,
-    when that is absent, one written from the recipe into ``root/<name>/``). root: where the packed checkpoint goes (default: checkpoints_dir(); give
-    another folder, e.g. runs/retrained, to keep the shipped checkpoints). overrides: training parameters
-    that replace the file's (e.g. iterations=50); recorded in info.json. threads: torch CPU threads during
-    training (1 is fastest on a shared 2-core machine; None: leave torch's setting).
-    Returns the info dict (architecture, sha256, bytes, train_seconds, ...).
-    """
-    from .train import load_params, train
-
-    spec = checkpoint_spec(name)
-    root = Path(root) if root is not None else checkpoints_dir()
-    if params_file is None:
-        params_file = checkpoints_dir() / name / "params.yaml"
-        if not params_file.is_file():
-            params_file = write_params(name, root)
-    params_file = Path(params_file)
-    p = load_params(params_file, **overrides)
-    if p["model"] != spec["model"] or p["reciprocal"] != spec["reciprocal"] or p["seed"] != spec["seed"]:
-        raise InputError(f"{params_file} trains model={p['model']} reciprocal={p['reciprocal']} seed={p['seed']}, "
-                         f"but checkpoint {name!r} is {spec['model']} reciprocal={spec['reciprocal']} seed={spec['seed']}")
-    if root.resolve() != checkpoints_dir().resolve() and "output_dir" not in overrides:
-        p["output_dir"] = str(Path("runs") / "retrained_runs" / name)
-    arch = _architecture(spec)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        from .device import seed_everything
-        # the network is initialised from the run's seed, then trained (train() seeds again for the data)
-        seed_everything(p["seed"])
-        model = build_architecture(arch).train()
-        t0 = time.perf_counter()
-        result = train(p, model=model)
-        seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(old_threads)
-    out = Path(result["output_dir"])
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    if params_file.resolve() != (folder / "params.yaml").resolve():
-        shutil.copyfile(params_file, folder / "params.yaml")
-    with atomic_output(folder / "train_log.csv") as tmp:
-        shutil.copyfile(out / "train_log.csv", tmp)
-    return save_checkpoint(result["model"].cpu(), folder, arch, spec=spec, iterations=int(p["iterations"]),
-                           overrides=copy.deepcopy(overrides), train_seconds=round(seconds, 1),
-                           threads=torch.get_num_threads() if not threads else threads,
-                           device=str(result["summary"]["device"]) if result.get("summary") else "cpu",
-                           machine=f"{platform.machine()}, {os.cpu_count()} CPU cores visible",
-                           torch=torch.__version__)

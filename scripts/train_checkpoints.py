@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rrsr_lib.checkpoints import (checkpoint_names, checkpoints_dir, list_checkpoints, train_checkpoint,  # noqa: E402
-                                  write_params)
+from rrsr_lib.checkpoint_training import train_checkpoint, write_params  # noqa: E402
+from rrsr_lib.checkpoints import checkpoint_names, checkpoints_dir, list_checkpoints  # noqa: E402
 from rrsr_lib.errors import run_command  # noqa: E402
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rrsr_lib import checkpoint_training as ckt
 from rrsr_lib import checkpoints as ck
 from rrsr_lib.errors import InputError
 from rrsr_lib.train import load_params
@@ -92,7 +93,7 @@ def test_recipe_is_the_same_for_every_checkpoint_and_valid_for_train():
     shared = None
     for name in ck.checkpoint_names():
         spec = ck.checkpoint_spec(name)
-        p = load_params_from_text(ck.params_text(name))
+        p = load_params_from_text(ckt.params_text(name))
         assert (p["model"], p["reciprocal"], p["seed"]) == (spec["model"], spec["reciprocal"], spec["seed"])
         common = {k: v for k, v in p.items() if k not in ("model", "reciprocal", "seed", "output_dir")}
         shared = shared or common
@@ -107,7 +108,7 @@ def load_params_from_text(text):
 
 
 def test_train_checkpoint_end_to_end_tiny(tmp_path):
-    info = ck.train_checkpoint("sisr_rec_seed0", root=tmp_path, iterations=2, log_every=1,
+    info = ckt.train_checkpoint("sisr_rec_seed0", root=tmp_path, iterations=2, log_every=1,
                                output_dir=str(tmp_path / "run"), progress=False, lr_milestones=[1])
     folder = tmp_path / "sisr_rec_seed0"
     assert info["iterations"] == 2 and info["overrides"]["iterations"] == 2
@@ -138,7 +139,7 @@ def test_shipped_checkpoint_is_complete_and_checksummed(name):
         pytest.fail(f"{folder} is missing; train it with python scripts/train_checkpoints.py {name}")
     info = json.loads((folder / "info.json").read_text())
     assert info["sha256"] == ck.sha256_file(folder / "model.pt")
-    assert (folder / "params.yaml").read_text() == ck.params_text(name), "params.yaml is not the recipe's"
+    assert (folder / "params.yaml").read_text() == ckt.params_text(name), "params.yaml is not the recipe's"
     data = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     assert data["format"] == ck.FORMAT
     rows = (folder / "train_log.csv").read_text().strip().splitlines()
@@ -170,7 +171,7 @@ def test_records_without_a_variant_build_the_legacy_network_and_new_records_the_
     arch = {"model": "rrsr", "config": "small", "matching": "contrastive", "vgg_weights": "vgg16"}
     legacy = ck.build_architecture(arch)
     assert (legacy.config.selection_activation, legacy.config.lr_up) == ("lrelu", "torch")
-    new = ck.build_architecture(ck._architecture(ck.checkpoint_spec("rrsr_rec_seed0")))
+    new = ck.build_architecture(ck.spec_architecture(ck.checkpoint_spec("rrsr_rec_seed0")))
     assert (new.config.selection_activation, new.config.lr_up) == ("none", "pil")
     with pytest.raises(InputError, match="variant must be a dict"):
         ck.build_architecture({**arch, "variant": {"lr_up": "pil"}})

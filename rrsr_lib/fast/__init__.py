@@ -22,4 +22,8 @@ each one saves, measured, is in PERFORMANCE.md.
 * :mod:`rrsr_lib.fast.memory`: glibc malloc tuning (:func:`rrsr_lib.fast.memory.keep_freed_cpu_memory`, turned
   on by the trainer on the CPU, re-exported by rrsr_lib.device): freed memory is reused instead of mapped and
   zeroed again every step. Computes nothing; numbers do not change. tests/test_device.py checks the page faults.
+* :mod:`rrsr_lib.fast.int8`: per-output-channel int8 packing of the large trained weights, used by
+  :func:`rrsr_lib.checkpoints.pack_state_dict` (which decides what a checkpoint stores), because float32 weights
+  would not fit the 5 MB a shipped checkpoint may take. Smaller, not faster; every reported number is measured
+  with the dequantized weights. tests/test_checkpoints.py checks the round trip.
 """

@@ -1,0 +1,134 @@
+"""Making the shipped checkpoints: their params.yaml from the recipe, and the training run that packs one.
+
+rrsr_lib.checkpoints says what each shipped checkpoint is (:data:`rrsr_lib.checkpoints.CHECKPOINTS`), the
+recipe they share (:data:`rrsr_lib.checkpoints.RECIPE`) and how one is stored and loaded. This module makes
+them: :func:`params_text` writes a checkpoint's training parameter file (every parameter of
+rrsr_lib.train.PARAMETERS, the recipe's values and comments; a shipped ``checkpoints/<name>/params.yaml`` equals
+it, tests/test_checkpoints.py), :func:`write_params` saves it, and :func:`train_checkpoint` trains the network
+from it and packs the result into ``checkpoints/<name>/``. ``python scripts/train_checkpoints.py`` runs it for
+every checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import (RECIPE, build_architecture, checkpoint_spec, checkpoints_dir, save_checkpoint,
+                          spec_architecture)
+from .errors import InputError
+from .files import atomic_output, atomic_write_text
+
+__all__ = ["params_text", "write_params", "train_checkpoint"]
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def params_text(name: str) -> str:
+    """The params.yaml of a shipped checkpoint: every parameter of rrsr_lib.train.PARAMETERS, with the
+    recipe's values and comments (authors' values elsewhere). Parsed by rrsr_lib.train.load_params."""
+    from .train import PARAMETERS
+
+    spec = checkpoint_spec(name)
+    arch_note = f"architecture: {spec['model']} '{spec['config']}' (info.json)"
+    if spec["config"] != "small":
+        arch_note += "; built by rrsr_lib.checkpoints (train's model_config names its base)"
+    per_run = {"model": (spec["model"], arch_note),
+               "model_config": ("small", "CPU-sized configuration: same code as 'paper', smaller numbers"),
+               "reciprocal": (spec["reciprocal"], "reciprocal second pass on/off"),
+               "seed": (spec["seed"], ""),
+               "output_dir": (f"runs/checkpoints/{name}", "training folder; model.pt is packed into checkpoints/")}
+    lines = [f"# checkpoint {name}: {spec['model']} ({spec['config']}), reciprocal learning "
+             f"{'on' if spec['reciprocal'] else 'off'}, seed {spec['seed']}" + (f"; {spec['note']}" if spec["note"] else ""),
+             "# The recipe shared by every shipped checkpoint (rrsr_lib.checkpoints.RECIPE): same data, patch, batch,",
+             "# steps and schedule for every model. Retrain: python scripts/train_checkpoints.py " + name]
+    for key, (default, *_rest) in PARAMETERS.items():
+        value, comment = per_run.get(key) or RECIPE.get(key) or (default, "")
+        line = f"{key}: {_yaml_value(value)}"
+        lines.append(f"{line:<28} # {comment}" if comment else line)
+    return "\n".join(lines) + "\n"
+
+
+def write_params(name: str, root: str | Path | None = None) -> Path:
+    """Write ``checkpoints/<name>/params.yaml`` from the recipe (see :func:`params_text`); returns its path."""
+    from .train import load_params
+
+    root = Path(root) if root is not None else checkpoints_dir()
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    atomic_write_text(path, params_text(name))
+    load_params(path)  # the file must be valid for rrsr_lib.train
+    return path
+
+
+def train_checkpoint(name: str, root: str | Path | None = None, params_file: str | Path | None = None,
+                     threads: int | None = 1, **overrides) -> dict:
+    """Train checkpoint ``name`` from its params.yaml and pack it into ``root/<name>/``.
+
+    params_file: the parameter file to train from (default: ``<checkpoints_dir()>/<name>/params.yaml``, or,
+    when that is absent, one written from the recipe into ``root/<name>/``). root: where the packed checkpoint goes (default: checkpoints_dir(); give
+    another folder, e.g. runs/retrained, to keep the shipped checkpoints). overrides: training parameters
+    that replace the file's (e.g. iterations=50); recorded in info.json. threads: torch CPU threads during
+    training (1 is fastest on a shared 2-core machine; None: leave torch's setting).
+    Returns the info dict (architecture, sha256, bytes, train_seconds, ...).
+    """
+    from .train import load_params, train
+
+    spec = checkpoint_spec(name)
+    root = Path(root) if root is not None else checkpoints_dir()
+    if params_file is None:
+        params_file = checkpoints_dir() / name / "params.yaml"
+        if not params_file.is_file():
+            params_file = write_params(name, root)
+    params_file = Path(params_file)
+    p = load_params(params_file, **overrides)
+    if p["model"] != spec["model"] or p["reciprocal"] != spec["reciprocal"] or p["seed"] != spec["seed"]:
+        raise InputError(f"{params_file} trains model={p['model']} reciprocal={p['reciprocal']} seed={p['seed']}, "
+                         f"but checkpoint {name!r} is {spec['model']} reciprocal={spec['reciprocal']} seed={spec['seed']}")
+    if root.resolve() != checkpoints_dir().resolve() and "output_dir" not in overrides:
+        p["output_dir"] = str(Path("runs") / "retrained_runs" / name)
+    arch = spec_architecture(spec)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        from .device import seed_everything
+        # the network is initialised from the run's seed, then trained (train() seeds again for the data)
+        seed_everything(p["seed"])
+        model = build_architecture(arch).train()
+        t0 = time.perf_counter()
+        result = train(p, model=model)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    out = Path(result["output_dir"])
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if params_file.resolve() != (folder / "params.yaml").resolve():
+        shutil.copyfile(params_file, folder / "params.yaml")
+    with atomic_output(folder / "train_log.csv") as tmp:
+        shutil.copyfile(out / "train_log.csv", tmp)
+    return save_checkpoint(result["model"].cpu(), folder, arch, spec=spec, iterations=int(p["iterations"]),
+                           overrides=copy.deepcopy(overrides), train_seconds=round(seconds, 1),
+                           threads=torch.get_num_threads() if not threads else threads,
+                           device=str(result["summary"]["device"]) if result.get("summary") else "cpu",
+                           machine=f"{platform.machine()}, {os.cpu_count()} CPU cores visible",
+                           torch=torch.__version__)
