@@ -41,7 +41,8 @@ def _child(task: str, path: str, config: str, batch: int, repeats: int, threads:
     from rrsr_lib.alignment import deform_path
     from rrsr_lib.device import seed_everything
     from rrsr_lib.fast.memory import keep_freed_cpu_memory
-    from rrsr_lib.models import build_model, count_parameters
+    from rrsr_lib.model_counts import count_parameters
+    from rrsr_lib.models import build_model
 
     torch.set_num_threads(threads)
     # as rrsr_lib.train does on the CPU: freed memory is reused, not mapped and zeroed again every step

@@ -17,9 +17,9 @@ where select(.) returns conv_experts(x) * gate, with no activation after it, as 
 Every trained part starts from the authors' initialisation (:func:`rrsr_lib.blocks.authors_init_`: every
 convolution and Linear N(0, 0.02), biases 0, experts N(0, 0.02), offset/mask convolutions zero).
 
-The matching front end (frozen: contrastive VGG16 trunks, patch matching, index -> flow -> per-tap
-pre-offsets) runs once, at the LR scale, and its offsets seed every alignment unit (x2, x4: flow
-upsampled and scaled, rrsr_lib.offsets).
+The matching front end (rrsr_lib.front_end; frozen: contrastive VGG16 trunks, patch matching, index ->
+flow -> per-tap pre-offsets) runs once, at the LR scale, and its offsets seed every alignment unit (x2, x4:
+flow upsampled and scaled, rrsr_lib.offsets).
 
 Parameter count: the authors' restoration network has 22,594,651 trainable parameters (RRSR.md,
 counted from their architecture). The network below has exactly that many. What we had to infer:
@@ -28,7 +28,7 @@ zero-initialised conv3x3 C->216 for 8 groups x 9 taps x (dy, dx, mask)) and the 
 is C->C; the rest of the count (12,170,032, the "about 12.17 M in the 7 selection blocks") is met
 exactly by experts with one bias each, routing Linear(Cin, 16) with bias, and a gate whose squeeze
 keeps Cin channels (conv1x1 Cin->Cin, ReLU, conv1x1 Cin->64). That design also gives about 88 GMACs
-for a 40x40 LR input without VGG and matching, the authors' other count (see :func:`count_macs`).
+for a 40x40 LR input without VGG and matching, the authors' other count (rrsr_lib.model_counts counts both).
 """
 from __future__ import annotations
 
@@ -44,31 +44,18 @@ from torch import nn
 
 from .alignment import DEFORM_PATHS, AlignmentUnit
 from .blocks import LRELU_SLOPE, Upsample2x, authors_init_, conv3x3, residual_stack
-from .degradation import pil_bicubic_upsample
 from .device import fair_threads
 from .errors import InputError
-from .matching import match_patches
-from .offsets import flow_from_index, pre_offsets, to_deform_offsets
+from .front_end import LR_UP_MODES, SCALES, MatchingFrontEnd, default_matching_features
 from .registry import MODELS, build_model, register_model
 from .selection import SELECTION_ACTIVATIONS, PlainHead, SelectionBlock
 from .vgg import VGGFeatures
 
 __all__ = ["check_inputs", "RRSRConfig", "CONFIGS", "ABLATIONS", "resolve_config", "RRSR", "Stage", "ContentExtractor",
-           "MatchingFrontEnd", "VGGMatchingFeatures", "MODELS", "register_model", "build_model",
-           "offset_scale", "count_parameters", "parameter_table", "count_macs", "AUTHORS_PARAMETERS"]
-
-# RRSR.md "Size (count)": the authors' restoration network
-AUTHORS_PARAMETERS = 22_594_651
-AUTHORS_SELECTION_PARAMETERS = 12.17e6
-AUTHORS_GMACS_40 = 88.0
+           "MODELS", "register_model", "build_model", "offset_scale"]
 
 # reference texture per scale: VGG layer and its channels (RRSR.md, pipeline step 4)
 TEXTURE = {1: ("relu3_1", 256), 2: ("relu2_1", 128), 4: ("relu1_1", 64)}
-SCALES = (1, 2, 4)
-# how the matching front end enlarges the LR image: "pil" (the authors' data path: PIL bicubic x4 of the uint8
-# LR, rounded to uint8) or "torch" (torch's bicubic, a = -0.75: the variant shipped before 2026-12-02)
-LR_UP_MODES = ("pil", "torch")
-_announced: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -196,89 +183,6 @@ class Stage(nn.Module):
         return x + self.body(h)
 
 
-class VGGMatchingFeatures(nn.Module):
-    """Matching features from ImageNet VGG relu3_1 (one trunk for both images), frozen.
-
-    The authors match on two VGG16 trunks trained by C2-Matching's contrastive scheme
-    (rrsr_lib.contrastive); ImageNet VGG is what those trunks start from. This class is the
-    stand-in used until trained trunks are given; :class:`RRSR` announces it in one printed line.
-    forward(lr_up [B,3,H,W], ref [B,3,H,W], in [0,1]) -> ([B,256,H/4,W/4], [B,256,H/4,W/4]).
-    """
-
-    description = "ImageNet VGG relu3_1 (untrained stand-in for the contrastive trunks)"
-
-    def __init__(self, vgg: VGGFeatures):
-        super().__init__()
-        if "relu3_1" not in vgg.layers:
-            raise InputError("VGGMatchingFeatures needs a VGGFeatures module that returns relu3_1")
-        self.vgg = vgg
-
-    def forward(self, lr_up: torch.Tensor, ref: torch.Tensor):
-        return self.vgg(lr_up)["relu3_1"], self.vgg(ref)["relu3_1"]
-
-
-class MatchingFrontEnd(nn.Module):
-    """Frozen front end: (LR canvas, Ref canvas) -> matched pre-offsets for every scale, in DCN layout.
-
-    features: a module (lr_up [B,3,4h,4w], ref [B,3,4h,4w]) -> (feat_in, feat_ref), both [B, C, h, w]
-    (the contrastive trunks, or :class:`VGGMatchingFeatures`). groups: deformable groups.
-    lr_up: "pil" (the authors: LR_up = PIL bicubic x4 of the uint8 LR, rounded to uint8; computed in torch,
-    equal to PIL's image, rrsr_lib.degradation.pil_bicubic_upsample) or "torch" (torch's bicubic, a = -0.75,
-    clamped: the variant of the networks shipped before 2026-12-02).
-    forward(lr [B,3,h,w], ref [B,3,4h,4w]) -> {"index", "score" [B,h-2,w-2], "flow" [B,h,w,2],
-    1: [B,18G,h,w], 2: [B,18G,2h,2w], 4: [B,18G,4h,4w]}. No gradients (matching is an argmax).
-    """
-
-    def __init__(self, features: nn.Module, groups: int = 8, patch_size: int = 3, lr_up: str = "pil"):
-        super().__init__()
-        if lr_up not in LR_UP_MODES:
-            raise InputError(f"lr_up must be one of {LR_UP_MODES}, got {lr_up!r}")
-        self.features, self.groups, self.patch_size, self.lr_up = features, groups, patch_size, lr_up
-        self.features.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        # frozen: stays in eval mode whatever the network around it does
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> dict:
-        if self.lr_up == "pil":
-            # the authors' data loader: LR_up = PIL bicubic x4 of the uint8 LR, stored as uint8 (RRSR.md); torch's
-            # bicubic (a = -0.75) differs from it by up to 17 grey levels on the embedded pairs
-            lr_up = pil_bicubic_upsample(lr, 4)
-        else:
-            # legacy variant: torch's bicubic, clamped
-            lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        feat_in, feat_ref = self.features(lr_up, ref)
-        index, score = match_patches(feat_in, feat_ref, self.patch_size)
-        # flow = matched top-left - own top-left, zero-padded back to h x w
-        flow = flow_from_index(index, ref_grid_width=feat_ref.shape[3] - self.patch_size + 1, pad=self.patch_size - 1)
-        out = {"index": index, "score": score, "flow": flow}
-        for s in SCALES:
-            out[s] = to_deform_offsets(pre_offsets(flow, s), self.groups)
-        return out
-
-
-def _default_matching_features(kind: str, texture: VGGFeatures) -> nn.Module:
-    """The matching features for ``RRSRConfig.matching``: the shipped contrastive student trunks
-    (rrsr_lib.contrastive.load_contrastive), or the ImageNet VGG stand-in; "auto" tries the first and
-    says so in one printed line when it falls back."""
-    why = None
-    if kind in ("auto", "contrastive"):
-        try:
-            from .contrastive import load_contrastive
-            return load_contrastive("student")
-        except (ImportError, InputError) as exc:
-            if kind == "contrastive":
-                raise InputError(f"matching='contrastive' needs the shipped contrastive trunks: {exc}") from None
-            why = str(exc).split(";")[0]
-    note = VGGMatchingFeatures.description + (f" (contrastive trunks unavailable: {why})" if why else "")
-    if note not in _announced:   # one line per process, never silent
-        _announced.add(note)
-        print(f"rrsr_lib.models: matching features = {note}")
-    return VGGMatchingFeatures(texture)
-
-
 # ----------------------------------------------------------------------------------------------
 # the network
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +249,7 @@ class RRSR(nn.Module):
         self.texture = texture if texture is not None else VGGFeatures(("relu1_1", "relu2_1", "relu3_1"), weights=cfg.vgg_weights)
         self.texture.requires_grad_(False)
         if matching_features is None:
-            matching_features = _default_matching_features(cfg.matching, self.texture)
+            matching_features = default_matching_features(cfg.matching, self.texture)
         self.matcher = MatchingFrontEnd(matching_features, cfg.groups, cfg.patch_size, cfg.lr_up)
         self.content = ContentExtractor(c, cfg.content_blocks)
         blocks = {1: cfg.x1_blocks, 2: cfg.stage_blocks, 4: cfg.stage_blocks}
@@ -463,81 +367,3 @@ def offset_scale(name: str) -> str | None:
     """
     m = _OFFSET_PARAM.search(name)
     return m.group(1) if m else None
-
-
-# ----------------------------------------------------------------------------------------------
-# counting
-# ----------------------------------------------------------------------------------------------
-def count_parameters(module: nn.Module, trainable: bool = True) -> int:
-    """Number of (trainable, by default) parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
-
-
-def parameter_table(model: RRSR) -> dict[str, int]:
-    """Trainable parameters per part of an RRSR network: content, alignment, selection, residual blocks,
-    upsampling, tail (and the total)."""
-    parts = {"content extractor": 0, "alignment units": 0, "selection blocks": 0, "stage residual blocks": 0,
-             "upsampling": 0, "tail": 0}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("content."):
-            key = "content extractor"
-        elif ".align." in name:
-            key = "alignment units"
-        elif ".select." in name:
-            key = "selection blocks"
-        elif name.startswith(("x1.", "x2.", "x4.")):
-            key = "stage residual blocks"
-        elif name.startswith(("up1.", "up2.")):
-            key = "upsampling"
-        elif name.startswith("tail."):
-            key = "tail"
-        else:
-            raise RuntimeError(f"parameter {name} belongs to no part")
-        parts[key] += p.numel()
-    parts["total"] = sum(parts.values())
-    return parts
-
-
-def count_macs(model: RRSR, lr_hw: tuple[int, int] = (40, 40)) -> dict[str, int]:
-    """Multiply-accumulates per part for one LR input of size lr_hw (h, w), without VGG and matching.
-
-    Counted from the layer shapes and the scale each layer runs at (x1: h*w pixels, x2: 4hw, x4: 16hw):
-    a convolution costs Cin/groups * k*k * Cout per output pixel; a deformable convolution counts as a
-    3x3 convolution (its bilinear sampling is not included); a CondConv counts its one convolution
-    plus mixing the E expert kernels; the routing Linear and the gate's 1x1 convolutions act on pooled
-    vectors (one "pixel"). tests/test_models.py checks these numbers against hooks on a real forward pass.
-    """
-    from .selection import ChannelGate, CondConv2d
-
-    h, w = lr_hw
-    macs = {"content extractor": 0, "alignment units": 0, "selection blocks": 0, "stage residual blocks": 0,
-            "upsampling": 0, "tail": 0}
-    # the pixel count each top-level part runs at
-    pixels = {"content": h * w, "x1": h * w, "up1": h * w, "x2": 4 * h * w, "up2": 4 * h * w, "x4": 16 * h * w,
-              "tail": 16 * h * w}
-    pooled = set()
-    for mod in model.modules():
-        if isinstance(mod, ChannelGate):
-            pooled.update(id(m) for m in mod.modules())
-    for name, mod in model.named_modules():
-        top = name.split(".")[0]
-        if top not in pixels:
-            continue   # the frozen VGG and matching front end
-        key = ("alignment units" if ".align" in name else "selection blocks" if ".select" in name
-               else "content extractor" if top == "content" else "upsampling" if top.startswith("up")
-               else "tail" if top == "tail" else "stage residual blocks")
-        n = 1 if id(mod) in pooled else pixels[top]
-        if isinstance(mod, nn.Conv2d):
-            macs[key] += n * mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
-            macs[key] += mod.in_features * mod.out_features
-        elif isinstance(mod, AlignmentUnit):
-            # the deformable kernel: ref_channels x 9 multiply-adds per output value
-            macs[key] += n * mod.weight.numel()
-        elif isinstance(mod, CondConv2d):
-            # one convolution with the mixed kernel, plus mixing E kernels (E multiply-adds per kernel entry)
-            macs[key] += n * mod.weight[0].numel() + mod.weight.numel()
-    macs["total"] = sum(macs.values())
-    return macs

@@ -8,7 +8,8 @@ from toy_refsr import one_thread  # noqa: F401  (autouse fixture: one CPU thread
 
 from rrsr_lib.baselines import C2_AUTHORS_PARAMETERS, TextureTransformer
 from rrsr_lib.errors import InputError
-from rrsr_lib.models import build_model, count_parameters, offset_scale
+from rrsr_lib.model_counts import count_parameters
+from rrsr_lib.models import build_model, offset_scale
 from rrsr_lib.reciprocal import ReciprocalLearning
 from rrsr_lib.vgg import VGGFeatures
 

@@ -9,8 +9,10 @@ from torch import nn
 
 from rrsr_lib.alignment import AlignmentUnit, deform_path
 from rrsr_lib.errors import InputError
-from rrsr_lib.models import (AUTHORS_PARAMETERS, RRSR, MatchingFrontEnd, PlainHead, RRSRConfig, SelectionBlock, build_model,
-                             count_macs, count_parameters, offset_scale, parameter_table, register_model, resolve_config)
+from rrsr_lib.front_end import MatchingFrontEnd
+from rrsr_lib.model_counts import AUTHORS_PARAMETERS, count_macs, count_parameters, parameter_table
+from rrsr_lib.models import RRSR, RRSRConfig, build_model, offset_scale, register_model, resolve_config
+from rrsr_lib.selection import PlainHead, SelectionBlock
 
 
 @pytest.fixture(scope="module")
