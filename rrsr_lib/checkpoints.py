@@ -145,7 +145,7 @@ def checkpoint_spec(name: str) -> dict:
 
 
 def spec_architecture(spec: dict) -> dict:
-    """The architecture record (see :func:`build_architecture`) of a checkpoint specification (:func:`checkpoint_spec`)."""
+    """The architecture record (:func:`build_architecture`) of a checkpoint spec (:func:`checkpoint_spec`)."""
     arch = {"model": spec["model"], "config": spec["config"], "matching": MATCHING, "vgg_weights": VGG_WEIGHTS}
     if spec["model"] in ("rrsr", "c2"):
         arch["variant"] = dict(AUTHORS_VARIANT)
