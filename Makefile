@@ -46,6 +46,7 @@ reproduce: $(STAMP)
 	  echo "== papermill $$nb -> runs/$$name $$extra"; \
 	  $(BIN)/papermill $$nb runs/$$name --cwd notebooks -k python3 --progress-bar $$extra || exit 1; \
 	done
+	$(BIN)/python scripts/readme_results.py
 	@echo "== done: executed notebooks in runs/, figures in figures/, results in results/"
 
 # JupyterLab on notebooks/, without the "get notified about Jupyter news?" prompt (settings of this venv only)

@@ -134,3 +134,37 @@ def test_every_architecture_is_registered_when_the_package_is_imported():
     out = subprocess.run([sys.executable, "-c", "import rrsr_lib.registry as r; print(sorted(r.MODELS))"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['c2', 'rrsr', 'sisr', 'ttsr']"
+
+
+def test_no_module_of_the_package_is_over_450_lines():
+    lengths = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
+               for p in (ROOT / "rrsr_lib").rglob("*.py")}
+    assert len(lengths) > 20
+    assert {p: n for p, n in lengths.items() if n > 450} == {}
+
+
+def _readme_results():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_is_short_and_its_results_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.split()) <= 900, "README.md is over 900 words: move measurements to PERFORMANCE.md"
+    tool = _readme_results()
+    assert tool.readme_block(readme) == tool.table_text(), "run python scripts/readme_results.py"
+    # the tool really replaces the block (and a README without the markers is refused)
+    changed = tool.with_table(readme, "| x |")
+    assert tool.readme_block(changed) == "| x |" and changed.replace("| x |", tool.table_text()) == readme
+    with pytest.raises(ValueError, match="results:start"):
+        tool.readme_block("no markers")
+
+
+def test_every_link_of_the_readme_to_a_file_of_the_repository_resolves():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [t for t in re.findall(r"\]\(([^)#]+)\)", readme) if "://" not in t]
+    assert "PERFORMANCE.md" in targets
+    assert [t for t in targets if not (ROOT / t).exists()] == []
