@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from rrsr_lib import contrastive as cm
+from rrsr_lib import contrastive_eval as ce
+from rrsr_lib import contrastive_train as ct
 from rrsr_lib.errors import InputError
 from test_matching import one_thread  # noqa: F401  (autouse fixture: one torch thread in this module)
 
@@ -66,7 +68,7 @@ def test_sampler_homography_maps_hr_pixels_onto_ref():
     photo = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(photo).permute(2, 0, 1)[None].float(), 5, 1, 2)[0]
                        .permute(1, 2, 0).round().byte())  # smooth, so that bilinear reading is close
     cfg = dataclasses.replace(cm.CPU_CONFIG, patch=64, batch=2)
-    b = cm.WarpedPairSampler([photo], cfg, seed=1).sample()
+    b = ct.WarpedPairSampler([photo], cfg, seed=1).sample()
     assert b["hr"].shape == b["ref"].shape == b["up"].shape == (2, 3, 64, 64)
     hr, ref, h12 = b["hr"][0], b["ref"][0], b["h12"][0].numpy()
     # pixel (x, y) of hr appears at h12 (x, y) in ref
@@ -93,7 +95,7 @@ def test_one_training_step_changes_only_unfrozen_layers():
     photos = [(rng.random((72, 72, 3)) * 255).astype(np.uint8)]
     cfg = dataclasses.replace(cm.CPU_CONFIG, patch=64, batch=1, teacher_iters=1, min_correspondences=16)
     before = cm.ContrastiveFeatures("imagenet").state_dict()
-    teacher, hist = cm.train_teacher(cfg, photos=photos, device=torch.device("cpu"), log=lambda s: None)
+    teacher, hist = ct.train_teacher(cfg, photos=photos, device=torch.device("cpu"), log=lambda s: None)
     after = teacher.state_dict()
     assert np.isfinite(hist[0]["loss"])
     assert torch.equal(before["input_trunk.body.2.weight"], after["input_trunk.body.2.weight"])      # conv1_2 frozen
@@ -110,10 +112,10 @@ def test_match_accuracy_identity():
     torch.manual_seed(0)
     f = torch.randn(1, 16, 9, 11)
     ys, xs = torch.meshgrid(torch.arange(9.0), torch.arange(11.0), indexing="ij")
-    res = cm.match_accuracy(f, f, torch.stack([xs, ys], -1), torch.ones(9, 11, dtype=torch.bool))
+    res = ce.match_accuracy(f, f, torch.stack([xs, ys], -1), torch.ones(9, 11, dtype=torch.bool))
     assert res["accuracy"] == 1.0 and res["n"] == 7 * 9
     # shifted truth by 3 px: nothing is correct
-    res = cm.match_accuracy(f, f, torch.stack([xs + 3, ys], -1), torch.ones(9, 11, dtype=torch.bool))
+    res = ce.match_accuracy(f, f, torch.stack([xs + 3, ys], -1), torch.ones(9, 11, dtype=torch.bool))
     assert res["accuracy"] == 0.0
 
 
@@ -135,7 +137,7 @@ def test_shipped_weights_load_with_checksum(tmp_path):
 
 
 def test_student_beats_plain_vgg_on_the_stereo_pair():
-    pair = cm.stereo_eval_pair()
+    pair = ce.stereo_eval_pair()
     assert pair["valid"].float().mean() > 0.8
-    res = cm.evaluate({"vgg": cm.plain_vgg_features("relu3_1"), "student": cm.load_contrastive("student")}, [pair])
+    res = ce.evaluate({"vgg": ce.plain_vgg_features("relu3_1"), "student": cm.load_contrastive("student")}, [pair])
     assert res["student"]["pooled"] > res["vgg"]["pooled"]
