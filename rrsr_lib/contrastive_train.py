@@ -240,7 +240,7 @@ def _cmd_evaluate(args) -> None:
     atomic_write_text(args.out, json.dumps(report, indent=1))
     for key in ("warped_pairs", "warped_pairs_hr_input", "stereo_motorcycle"):
         print(key, {k: round(v["pooled"], 4) for k, v in report[key]["results"].items()})
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 def main(argv=None) -> None:
