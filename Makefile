@@ -61,7 +61,7 @@ bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 data: $(STAMP)
-	$(BIN)/python -m rrsr_lib.data.build
+	$(BIN)/python tools/build_embedded.py
 
 clean:
 	rm -rf runs .pytest_cache

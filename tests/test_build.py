@@ -1,22 +1,31 @@
 """The embedded-data builder, run offline on small fake packages: extraction, processing, manifest, reproducibility.
 
 (The real build downloads about 250 MB from Debian and PyPI; it is checked by
-``python -m rrsr_lib.data.build --check``, not by the tests.)
+``python tools/build_embedded.py --check``, not by the tests.)
 """
+import importlib.util
 import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rrsr_lib.data import build
 from rrsr_lib.errors import InputError
 from rrsr_lib.images import load_rgb
+
+# the builder is a script outside the package (tools/build_embedded.py): load it from its file
+_SPEC = importlib.util.spec_from_file_location("build_embedded",
+                                               Path(__file__).resolve().parent.parent / "tools" / "build_embedded.py")
+build = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = build  # dataclasses look their module up there
+_SPEC.loader.exec_module(build)
 
 
 def _photo(h, w, seed):

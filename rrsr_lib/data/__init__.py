@@ -7,7 +7,8 @@
 * public sets read from a folder the user gives (:mod:`rrsr_lib.data.public`): CUFED training,
   CUFED5 (one level, each level, five stitched), WR-SR, Sun80, Urban100, Manga109.
 
-The builder of the embedded data is :mod:`rrsr_lib.data.build` (``python -m rrsr_lib.data.build``).
+The builder of the embedded data is ``tools/build_embedded.py`` (``python tools/build_embedded.py``, or
+``make data``), outside the package.
 """
 from .cufed_like import LEVELS, make_pair
 from .embedded import (EmbeddedTestPairs, EmbeddedTrainPairs, embedded_path, manifest, read_embedded,

