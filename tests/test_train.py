@@ -246,24 +246,38 @@ def test_every_model_has_a_reciprocal_on_off_pair_of_paper_files():
 
 def test_all_parameter_files_are_valid_and_complete():
     files = sorted(PARAMS_DIR.glob("*.yaml"))
-    assert {"cpu_demo.yaml", "paper_rec.yaml", "paper_gan.yaml"} <= {f.name for f in files}
+    assert {"cpu_demo.yaml", "notebook_07.yaml", "paper_rec.yaml", "paper_gan.yaml"} <= {f.name for f in files}
     for f in files:
-        if f.name.startswith(("paper_", "cpu_demo")):
+        if f.name.startswith(("paper_", "cpu_demo", "notebook_07")):
             assert set(_yaml(f.name)) == set(PARAMETERS), f.name  # every value written out
             load_params(f)
 
 
-def test_notebook_07_declares_exactly_the_training_parameters():
-    # papermill -f notebooks/params/*.yaml injects every training parameter: the notebook must declare them all
+def _notebook_07_parameters() -> dict:
     import ast
     import json
 
     nb = json.loads((PARAMS_DIR.parent / "07_reciprocal_training.ipynb").read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    tree = ast.parse("".join(cell["source"]))
-    declared = {node.target.id: ast.literal_eval(node.value) for node in tree.body}
-    assert set(declared) == set(PARAMETERS)
-    check_params(declared)  # the notebook's CPU defaults are valid training parameters
+    return {node.target.id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body}
+
+
+def test_notebook_07_names_a_parameter_file_and_overrides_instead_of_repeating_every_parameter():
+    declared = _notebook_07_parameters()
+    assert set(declared) == {"params_file", "overrides"}
+    assert declared["overrides"] == {}
+    # the default file (a path from the project root, like every path parameter) holds valid CPU defaults
+    defaults = load_params(PARAMS_DIR.parent.parent / declared["params_file"])
+    assert defaults["model_config"] == "small" and defaults["iterations"] <= 50
+
+
+def test_the_overrides_of_notebook_07_go_through_the_one_validator():
+    path = PARAMS_DIR / "notebook_07.yaml"
+    assert load_params(path, iterations=3)["iterations"] == 3
+    with pytest.raises(InputError, match=r"unknown training parameter\(s\) \['iteration'\]"):
+        load_params(path, iteration=3)
+    with pytest.raises(InputError, match="'lr' must be finite"):
+        load_params(path, lr=float("inf"))
 
 
 def test_a_learning_rate_far_above_the_authors_is_announced(capsys):
