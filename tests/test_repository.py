@@ -69,6 +69,15 @@ def test_notebook_has_one_annotated_parameters_cell_that_is_checked(path):
     assert "check_parameters(" in "".join(code[i + 1]["source"]), "the cell after parameters must check them"
 
 
+def test_every_notebook_code_cell_has_at_most_25_lines():
+    # one thought a cell: a longer cell is split, with a sentence of Markdown between the parts, or its logic
+    # moves to the library
+    long = [f"{path.name} cell {i}: {n} lines"
+            for path in NOTEBOOKS for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"])
+            if cell["cell_type"] == "code" and (n := len("".join(cell["source"]).splitlines())) > 25]
+    assert long == [], "code cells over 25 lines: " + "; ".join(long)
+
+
 def test_benchmark_scripts_answer_help_and_the_cuda_one_skips_without_a_gpu(tmp_path):
     # `make bench` runs every script in benchmarks/: each must at least parse its arguments, and the CUDA-only
     # one must step aside (exit 0, nothing written) on a machine without a GPU instead of failing the target
