@@ -12,7 +12,6 @@ thread in the same situation. Target (issue 18): default threads beside a CPU-bo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -254,10 +254,9 @@ def main(argv=None):
     print(f"targets: {report['targets']}; load average after {report['loadavg_after']}")
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=1))
-    os.replace(tmp_out, out)
+    sys.path.insert(0, str(ROOT))
+    from rrsr_lib.files import atomic_write_text
+    atomic_write_text(out, json.dumps(report, indent=1))
     print(f"wrote {out}")
     if not args.no_figure:
         plot(report)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rrsr_lib.fast.matching_blocked import plan_blocks  # noqa: E402
+from rrsr_lib.files import atomic_write_text  # noqa: E402
 from rrsr_lib.matching import match_patches, match_patches_naive  # noqa: E402
 
 CASES = {"cufed5": (256, 83, 125), "large_c64": (64, 200, 200)}   # (C, H, W) of input and reference
@@ -80,11 +80,7 @@ def main(argv=None) -> dict:
             print(f"{name:>10} {label:>13}: {1000 * seconds:7.2f} ms, +{mib:7.1f} MiB", flush=True)
         rows_out["naive_over_default"] = rows_out["naive"]["median_s"] / rows_out["default"]["median_s"]
         result[name] = rows_out
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1))
     return result
 
 

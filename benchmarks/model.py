@@ -162,10 +162,9 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": time.time() - started,
               "runs": runs, "ratios_torchvision_over_sampling": ratios, "checks": checks}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    sys.path.insert(0, str(ROOT))
+    from rrsr_lib.files import atomic_write_text
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -18,7 +18,6 @@ receptive field is finite, so with enough overlap the result equals the untiled 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Callable, Iterable

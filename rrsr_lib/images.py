@@ -16,7 +16,6 @@ later deep inside a data loader). Here every such case is caught when the file i
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from .files import atomic_output
 
 # Matching compares 3x3 patches of the LR-scale feature maps (RRSR.md, "Correspondence"), so an LR
 # image needs at least 3x3 pixels: at scale 4 the HR image must be at least 12x12.
@@ -184,8 +184,8 @@ def load_hr(path: str | os.PathLike, scale: int = 4, crop: bool = True, min_lr: 
 def save_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     """Write a uint8 HxWx3 (or HxW) array as a PNG at ``path``, atomically; return the path.
 
-    The PNG is first written under a temporary name in the same folder, then moved over ``path`` with
-    ``os.replace``: a crash leaves either the old file or the new one, never half a file. Parent
+    The PNG is written through :func:`rrsr_lib.files.atomic_output` (a temporary name in the same folder,
+    then one rename): a crash leaves either the old file or the new one, never half a file. Parent
     folders are created. The file carries no metadata (no time stamp), so equal pixels give equal bytes
     with the same PIL/zlib versions.
     """
@@ -196,15 +196,6 @@ def save_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise InputError(f"save_png({path}): needs shape HxWx3 or HxW, got {arr.shape}")
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG", compress_level=9)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); an image file is normally world-readable
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(p) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG", compress_level=9)
     return p

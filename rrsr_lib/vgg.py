@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path

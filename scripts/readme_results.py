@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from rrsr_lib.files import atomic_write_text  # noqa: E402
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -47,9 +50,7 @@ def main(argv=None) -> int:
         return 0 if same else 1
     new = with_table(readme, table)
     if new != readme:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, new)
         print("README results table rewritten from results/09_main_table.md")
     return 0
 

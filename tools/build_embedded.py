@@ -23,10 +23,8 @@ compares). Only the committed output is needed to use the project; the builder i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: rrsr_lib is th
     sys.path.insert(0, str(ROOT))
 
 from rrsr_lib.errors import InputError  # noqa: E402
+from rrsr_lib.files import atomic_write_text, sha256_file  # noqa: E402
 from rrsr_lib.images import save_png  # noqa: E402
 
 PACKAGE_DIR = ROOT / "rrsr_lib"
@@ -284,15 +283,6 @@ ORIGINAL_SHA256: dict[str, str] = {
 }
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
@@ -512,13 +502,7 @@ def _row(split, rel, name, pkg, member, originals, license_, holder, steps, out_
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
