@@ -49,7 +49,7 @@ from .device import pick_device, seed_everything
 from .errors import DivergenceError, InputError, run_command
 from .files import atomic_torch_save, atomic_write_text, load_tensors
 from .train_data import StepBatches, TrainSamples, training_set, validation_set, worker_errors
-from .train_params import _RESUMABLE_CHANGES, PARAMETERS, check_params, load_params, parse_overrides, resolve_path
+from .train_params import PARAMETERS, RESUMABLE_CHANGES, check_params, load_params, parse_overrides, resolve_path
 from .trainer import LOG_KEYS, Trainer
 
 # the front door of training: the loop here, the parameters (rrsr_lib.train_params), the step (rrsr_lib.trainer)
@@ -124,7 +124,7 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _check_resume(saved: dict, p: dict, ckpt: Path) -> None:
-    diff = sorted(k for k in p if k not in _RESUMABLE_CHANGES and saved.get(k) != p[k])
+    diff = sorted(k for k in p if k not in RESUMABLE_CHANGES and saved.get(k) != p[k])
     if diff:
         raise InputError(f"{ckpt} was written with other values of {diff} "
                          f"(e.g. {diff[0]}={saved.get(diff[0])!r}, now {p[diff[0]]!r}); use a new output_dir, "

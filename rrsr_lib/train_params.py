@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 from .errors import InputError
 from .yaml_params import parse_yaml, read_yaml_file
 
-__all__ = ["PARAMETERS", "check_params", "load_params", "parse_overrides", "resolve_path"]
+__all__ = ["PARAMETERS", "RESUMABLE_CHANGES", "check_params", "load_params", "parse_overrides", "resolve_path"]
 
 def _is_list_of(kind, n=None):
     return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(
@@ -97,8 +97,8 @@ PARAMETERS: dict[str, tuple[Any, type, Callable[[Any], bool], str, str]] = {
 
 # Parameters that may change between an interrupted run and its continuation (they do not change
 # what the network sees or how it is updated).
-_RESUMABLE_CHANGES = {"iterations", "val_every", "val_limit", "checkpoint_every", "log_every", "output_dir",
-                      "resume", "progress", "num_workers", "device", "data_root", "val_root", "val_dataset"}
+RESUMABLE_CHANGES = {"iterations", "val_every", "val_limit", "checkpoint_every", "log_every", "output_dir",
+                     "resume", "progress", "num_workers", "device", "data_root", "val_root", "val_dataset"}
 
 # learning rates above this are announced: Adam on these networks diverges well before it
 _LR_WARN = 0.01
