@@ -172,6 +172,19 @@ def test_the_readme_is_short_and_its_results_table_is_the_generated_one():
         tool.readme_block("no markers")
 
 
+def test_the_readme_library_map_names_every_module_of_the_package():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    # `contrastive*` in the map stands for contrastive, contrastive_train, ...
+    names = {n for row in rows for n in re.findall(r"`([a-z_]+\*?)`", row.split("|")[1])}
+    modules = sorted(p.stem for p in (ROOT / "rrsr_lib").glob("*.py") if p.stem != "__init__")
+    modules += sorted(p.name for p in (ROOT / "rrsr_lib").iterdir() if (p / "__init__.py").exists())
+    assert len(modules) > 20
+    def mapped(module):
+        return module in names or any(n.endswith("*") and module.startswith(n[:-1]) for n in names)
+    assert [m for m in modules if not mapped(m)] == [], "add these modules to the README's library map"
+
+
 def test_every_link_of_the_readme_to_a_file_of_the_repository_resolves():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     targets = [t for t in re.findall(r"\]\(([^)#]+)\)", readme) if "://" not in t]
