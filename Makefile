@@ -30,8 +30,9 @@ test: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
+# quick feedback while editing the library: tests marked `slow` (trainings, whole notebooks, the browser) are left out
 test-lib: $(STAMP)
-	$(BIN)/python -m pytest tests -p no:cacheprovider
+	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
 
 test-notebooks: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test-notebooks: $(STAMP)
