@@ -34,12 +34,15 @@ def _faults(keep: bool) -> tuple[str, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.slow
 def test_keep_freed_cpu_memory_reuses_freed_blocks_without_page_faults():
     kept, faults_kept = _faults(True)
     _, faults_default = _faults(False)
     assert kept == "True"
-    # by default every step maps its activations afresh (tens of thousands of 4 KiB pages per step here)
-    assert faults_default > 15000, f"expected fresh pages every step by default, got {faults_default} faults"
+    # By default steps map activations afresh: 70-150 thousand 4 KiB pages over the three steps on an idle
+    # machine, but only ~8 thousand in one busy full run (glibc's dynamic mmap threshold makes the count vary).
+    # The probe must at least see one activation map's worth (4 x 64 x 128 x 128 floats = 4096 pages).
+    assert faults_default > 4096, f"expected fresh pages every step by default, got {faults_default} faults"
     assert faults_kept < faults_default / 5, f"{faults_kept} page faults with freed memory kept, {faults_default} without"
 
 
@@ -67,6 +70,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, n // 4096)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.slow
 def test_keep_freed_cpu_memory_keeps_a_free_block_larger_than_2_gib():
     out = subprocess.run([sys.executable, "-c", _BIG_FREE.format(root=str(ROOT))], capture_output=True, text=True,
                          check=True).stdout.split()

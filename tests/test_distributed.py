@@ -93,6 +93,7 @@ def test_n_processes_take_the_one_process_batch_of_every_step_between_them():
     assert list(StepBatches(40, 2, 3, 5, 12, rank=1, world=2)) == parts[1][5:]
 
 
+@pytest.mark.slow
 def test_two_processes_log_the_same_losses_and_end_with_the_same_weights_as_one(runs):
     root, _ = runs
     one, two = _log(root / "one"), _log(root / "two")
@@ -106,6 +107,7 @@ def test_two_processes_log_the_same_losses_and_end_with_the_same_weights_as_one(
     assert sorted(p.name for p in (root / "two").iterdir()) == sorted(p.name for p in (root / "one").iterdir())
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_to_the_uninterrupted_one(runs):
     root, params = runs
     out = root / "killed"
@@ -131,6 +133,7 @@ def test_an_interrupted_two_process_run_resumes_to_the_uninterrupted_one(runs):
     assert _max_weight_difference(out, root / "two") == 0.0
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_train_the_gan_stage_with_reciprocal_learning(runs):
     # two launches, as on two machines: --nnodes=2 and a c10d rendezvous on 127.0.0.1 (the README's command)
     root, params = runs

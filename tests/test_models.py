@@ -208,6 +208,7 @@ def test_the_front_end_enlarges_the_lr_as_configured(lr_up):
         MatchingFrontEnd(features, lr_up="bilinear")
 
 
+@pytest.mark.slow
 def test_match_indices_agree_with_the_authors_data_path_on_every_embedded_pair():
     # authors (ref_test_dataset.py): LR = PIL bicubic /4 of the uint8 HR, LR_up = PIL bicubic x4 of that uint8 LR;
     # then their two trunks and 3x3 patch matching. Ours: the RRSR front end on (LR, Ref). Measured 2026-12-02:

@@ -78,6 +78,7 @@ def test_every_notebook_code_cell_has_at_most_25_lines():
     assert long == [], "code cells over 25 lines: " + "; ".join(long)
 
 
+@pytest.mark.slow
 def test_benchmark_scripts_answer_help_and_the_cuda_one_skips_without_a_gpu(tmp_path):
     # `make bench` runs every script in benchmarks/: each must at least parse its arguments, and the CUDA-only
     # one must step aside (exit 0, nothing written) on a machine without a GPU instead of failing the target
@@ -118,6 +119,16 @@ def _import_graph() -> dict[str, set[str]]:
             subs = {f"{target}.{a.name}" for a in node.names} & set(mods)
             graph[m] |= subs or ({target} & set(mods))
     return graph
+
+
+def test_make_test_lib_leaves_out_the_registered_slow_tests_and_make_test_runs_them():
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--strict-markers" in pytest_options["addopts"]
+    assert any(m.startswith("slow:") for m in pytest_options["markers"])
+    make = (ROOT / "Makefile").read_text()
+    test_lib = make.split("\ntest-lib:")[1].split("\n\n")[0]
+    test_all = make.split("\ntest:")[1].split("\n\n")[0]
+    assert '-m "not slow"' in test_lib and "-m " not in test_all
 
 
 def test_the_package_has_no_import_cycle():
