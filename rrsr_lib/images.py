@@ -7,7 +7,8 @@ silently (it drops alpha, it truncates 16 bits to 8, it decodes a truncated JPEG
 later deep inside a data loader). Here every such case is caught when the file is read:
 
 * :func:`load_rgb` returns uint8 HxWx3 or raises :class:`~rrsr_lib.errors.InputError` naming the file
-  and the problem (missing, not an image, truncated/corrupt, grayscale, alpha, 16-bit, other mode);
+  and the problem (missing, not an image, truncated/corrupt, a JPEG with damaged data that PIL would
+  decode garbled, grayscale, alpha, 16-bit, other mode);
 * :func:`check_hr_size` says whether an HR image can be used at scale 4 (size a multiple of 4, and
   an LR image of at least one 3x3 patch, the unit of RRSR's matching);
 * :func:`save_png` writes a PNG atomically (temporary name, then ``os.replace``), so that an
@@ -16,6 +17,8 @@ later deep inside a data loader). Here every such case is caught when the file i
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,6 +51,47 @@ def _png_bit_depth(path: Path) -> int | None:
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
     return head[24]
+
+
+def _libjpeg_complaint(path: Path) -> str | None:
+    """What libjpeg says about a JPEG file's data, or None if it decodes cleanly.
+
+    A JPEG whose entropy-coded data is damaged (bytes lost or overwritten in the middle) decodes without an
+    error: libjpeg substitutes what it cannot read and goes on, and PIL hides libjpeg's warning, so the
+    pixels come out garbled without a word. torchvision's decoder (also libjpeg) lets the warning through to
+    the process's stderr, file descriptor 2: decode the file with it once more and read what it wrote there.
+    Returns None as well where torchvision cannot decode images (it deprecates its decoders from 0.29 on).
+    """
+    try:
+        import torch
+        from torchvision.io import decode_jpeg
+    except ImportError:
+        return None
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    with tempfile.TemporaryFile() as captured, warnings.catch_warnings():
+        # torchvision >= 0.29 warns that its image decoders are deprecated; that is not about the file
+        warnings.simplefilter("ignore")
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            decode_jpeg(data)
+        except RuntimeError:
+            # a JPEG flavour torchvision does not decode (CMYK, arithmetic coding, ...): PIL's word stands,
+            # unless libjpeg complained about the data before giving up (read below)
+            pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode("utf-8", "replace")
+    # libjpeg's warnings: "Corrupt JPEG data: ...", "Premature end of JPEG file", "Invalid SOS parameters ..."
+    complaints = [line for line in text.splitlines() if "JPEG" in line or "Invalid" in line]
+    others = [line for line in text.splitlines() if line not in complaints]
+    if others:
+        # someone else's stderr output written while fd 2 was borrowed: pass it on
+        print("\n".join(others), file=sys.stderr)
+    return "; ".join(complaints) or None
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -99,6 +143,9 @@ def _load_rgb(path: str | os.PathLike) -> np.ndarray:
                              "download or export the file again") from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+        if img.format == "JPEG" and (complaint := _libjpeg_complaint(p)):
+            raise InputError(f"{p}: is corrupt: the JPEG decoder reported '{complaint[:160]}' (PIL would have "
+                             "returned garbled pixels); download or export the file again")
         mode = img.mode
         if mode in _SIXTEEN_BIT_MODES or (mode == "I" and img.format == "PNG"):
             raise InputError(f"{p}: is a 16-bit image (PIL mode {mode}); RefSR uses 8-bit RGB: convert it to "

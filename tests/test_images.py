@@ -194,3 +194,28 @@ def test_a_decoder_warning_about_the_file_is_an_error_naming_it(tmp_path, rgb):
         Image.open(tmp_path / "bad.tif").load()
     with pytest.raises(InputError, match=r"bad\.tif: is corrupt: decoding it gave the warning 'Tag data larger"):
         load_rgb(tmp_path / "bad.tif")
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "random"])
+def test_a_jpeg_damaged_in_the_middle_is_an_error_not_garbled_pixels(tmp_path, damage):
+    photo = np.random.default_rng(1).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "ok.jpg", quality=90)
+    raw = bytearray((tmp_path / "ok.jpg").read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 40] = bytes(40) if damage == "zeroed" else bytes(
+        np.random.default_rng(2).integers(0, 255, 40, dtype=np.uint8))
+    (tmp_path / "bad.jpg").write_bytes(bytes(raw))
+    # PIL alone decodes it without a word (the pixels differ from the intact file's)
+    with Image.open(tmp_path / "bad.jpg") as garbled, Image.open(tmp_path / "ok.jpg") as intact:
+        assert not np.array_equal(np.asarray(garbled.convert("RGB")), np.asarray(intact.convert("RGB")))
+    with pytest.raises(InputError, match=r"bad\.jpg: is corrupt: the JPEG decoder reported 'Corrupt JPEG data"):
+        load_rgb(tmp_path / "bad.jpg")
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"quality": 30, "subsampling": 0}])
+def test_intact_jpegs_load_as_pil_decodes_them_and_write_nothing_to_stderr(tmp_path, rgb, options, capfd):
+    Image.fromarray(rgb).save(tmp_path / "ok.jpg", **options)
+    with Image.open(tmp_path / "ok.jpg") as im:
+        expected = np.asarray(im.convert("RGB"))
+    assert np.array_equal(load_rgb(tmp_path / "ok.jpg"), expected)
+    assert capfd.readouterr().err == ""
