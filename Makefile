@@ -1,6 +1,6 @@
 # Two commands set up a fresh machine and do the work:
 #   make test       create/refresh .venv, then run every test (library + notebooks under nbval)
-#   make reproduce  create/refresh .venv, then run notebooks 00-09 with papermill into runs/
+#   make reproduce  create/refresh .venv, then run notebooks 00-09 with papermill into runs/, as HTML into docs/notebooks/
 # Other targets: make lab (JupyterLab on the notebooks), make bench, make data (rebuild embedded data).
 PYTHON ?= python3
 VENV   := .venv
@@ -47,8 +47,9 @@ reproduce: $(STAMP)
 	  echo "== papermill $$nb -> runs/$$name $$extra"; \
 	  $(BIN)/papermill $$nb runs/$$name --cwd notebooks -k python3 --progress-bar $$extra || exit 1; \
 	done
+	$(BIN)/python scripts/export_html.py $(NOTEBOOKS:notebooks/%=runs/%)
 	$(BIN)/python scripts/readme_results.py
-	@echo "== done: executed notebooks in runs/, figures in figures/, results in results/"
+	@echo "== done: executed notebooks in runs/ (as HTML in docs/notebooks/), figures in figures/, results in results/"
 
 # JupyterLab on notebooks/, without the "get notified about Jupyter news?" prompt (settings of this venv only)
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings

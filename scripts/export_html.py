@@ -1,0 +1,81 @@
+"""Write executed notebooks as HTML for readers who do not run them (docs/notebooks/NN_topic.html).
+
+    python scripts/export_html.py runs/00_overview.ipynb runs/01_data.ipynb ...   # into docs/notebooks/
+    python scripts/export_html.py --out DIR runs/02_matching.ipynb
+
+`make reproduce` runs it on every notebook it executed. Figures are embedded (base64 PNG). What would make
+two exports of the same results differ is left out or fixed: papermill's metadata and timings, the widget
+state with its random model ids (a static page cannot run an explorer; a note says so), cell ids (papermill
+gives its injected cell a random one) and this checkout's absolute path in printed text. Each file is
+written through a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from rrsr_lib.files import atomic_write_text  # noqa: E402
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "[an interactive explorer: open this notebook in JupyterLab (make lab) and run it to use it]"
+KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
+
+
+def _clean_text(text: str) -> str:
+    """Printed text without this checkout's absolute path (the same on every machine)."""
+    return text.replace(f"{ROOT}/", "").replace(str(ROOT), ".")
+
+
+def _clean_output(out) -> None:
+    if "text" in out:
+        out["text"] = _clean_text(out["text"])
+    data = out.get("data", {})
+    if WIDGET_VIEW in data:
+        data.pop(WIDGET_VIEW)
+        data["text/plain"] = WIDGET_NOTE
+    for mime in ("text/plain", "text/html"):
+        if isinstance(data.get(mime), str):
+            data[mime] = _clean_text(data[mime])
+
+
+def readable_copy(nb):
+    """The notebook as readers see it, with nothing that changes between two runs of the same results."""
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_NOTEBOOK_METADATA}
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+        cell.metadata = {"tags": cell.metadata["tags"]} if cell.metadata.get("tags") else {}
+        for out in cell.get("outputs", []):
+            _clean_output(out)
+    return nb
+
+
+def export(executed: Path, out_dir: Path) -> Path:
+    """docs-style HTML of one executed notebook (``out_dir/<stem>.html``); returns its path."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    if not executed.is_file() or executed.suffix != ".ipynb":
+        raise SystemExit(f"export_html: {executed} is not an executed notebook (.ipynb); run make reproduce")
+    nb = readable_copy(nbformat.read(executed, as_version=4))
+    html, _ = HTMLExporter(template_name="lab").from_notebook_node(nb, resources={"metadata": {"name": executed.stem}})
+    return atomic_write_text(out_dir / f"{executed.stem}.html", html)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=Path, help="executed notebooks (runs/NN_topic.ipynb)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "notebooks", help="folder of the HTML files")
+    args = parser.parse_args(argv)
+    for path in args.notebooks:
+        html = export(path, args.out)
+        print(f"== {path} -> {html.relative_to(ROOT) if html.is_relative_to(ROOT) else html} "
+              f"({html.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
