@@ -60,13 +60,14 @@ class Bicubic(nn.Module):
 
 
 def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor, tile: int | None = None,
-                  overlap: int = 8, scale: int = 4) -> torch.Tensor:
+                  overlap: int = 8, scale: int = 4, progress: bool = False) -> torch.Tensor:
     """Run ``model(lr_tile, ref)`` on overlapping LR tiles and stitch the SR tiles' centres.
 
     lr: (1,3,h,w) in [0,1]; ref: (1,3,Hr,Wr). tile: LR tile side in pixels (None: no tiling);
     overlap: LR pixels of context kept on each inner side of a tile and thrown away after.
     Returns (1,3,h*scale,w*scale). Every output pixel comes from the tile in which it lies furthest
     from a cut, so the result equals the untiled one when ``overlap`` covers the model's receptive field.
+    ``progress``: a progress bar over the tiles (tqdm).
     """
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise InputError(f"tiled_forward takes one image (1,3,h,w), got shape {tuple(lr.shape)}")
@@ -77,15 +78,15 @@ def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor, tile: in
         raise InputError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
     step = tile - 2 * overlap
     out = lr.new_zeros(1, 3, h * scale, w * scale)
-    for y0 in range(0, h, step):
-        for x0 in range(0, w, step):
-            # core region [y0, y1) x [x0, x1) is kept; the tile adds `overlap` of context around it
-            y1, x1 = min(y0 + step, h), min(x0 + step, w)
-            ty0, tx0 = max(0, y0 - overlap), max(0, x0 - overlap)
-            ty1, tx1 = min(h, y1 + overlap), min(w, x1 + overlap)
-            sr = model(lr[..., ty0:ty1, tx0:tx1], ref)
-            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                sr[..., (y0 - ty0) * scale:(y1 - ty0) * scale, (x0 - tx0) * scale:(x1 - tx0) * scale]
+    corners = [(y0, x0) for y0 in range(0, h, step) for x0 in range(0, w, step)]
+    for y0, x0 in tqdm(corners, desc="LR tiles", unit="tile", disable=not progress):
+        # core region [y0, y1) x [x0, x1) is kept; the tile adds `overlap` of context around it
+        y1, x1 = min(y0 + step, h), min(x0 + step, w)
+        ty0, tx0 = max(0, y0 - overlap), max(0, x0 - overlap)
+        ty1, tx1 = min(h, y1 + overlap), min(w, x1 + overlap)
+        sr = model(lr[..., ty0:ty1, tx0:tx1], ref)
+        out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+            sr[..., (y0 - ty0) * scale:(y1 - ty0) * scale, (x0 - tx0) * scale:(x1 - tx0) * scale]
     return out
 
 

@@ -5,10 +5,13 @@ without a ground truth. ``--input`` and ``--ref`` are image files, or folders wh
 (``lr/001.png`` with ``ref/001.jpg``); ``--out`` is a PNG file or a folder. ``--hr`` takes a high-resolution
 image instead of ``--input``: it is degraded the literature's way first (crop to a multiple of 4, PIL bicubic
 /4) and the result is scored against it (PSNR/SSIM on Y, crop 4: the RRSR protocol). The reference may have
-any size. Every output is written whole or not at all (temporary name, then rename); every bad input is one
+any size. A large call says what it will cost (memory, time) before it starts and shows its progress; beyond
+``--memory-mb`` it runs in LR tiles, or is refused naming the budget (:mod:`rrsr_lib.cost`). Every output is
+written whole or not at all (temporary name, then rename); every bad input is one
 message and exit status 2, before anything is written.
 
     python -m rrsr_lib.sr --input lr.png --ref ref.png --out sr.png [--bicubic] [--checkpoint rrsr_rec_seed0]
+    python -m rrsr_lib.sr --input big_lr.png --ref ref.png --out sr.png --memory-mb 2000
     python -m rrsr_lib.sr --hr photos/ --ref refs/ --out results/ --authors-weights network_mse.pth
 """
 from __future__ import annotations
@@ -69,13 +72,41 @@ def _load_model(args, device):
 
 
 @torch.no_grad()
-def super_resolve(model, lr: np.ndarray, ref: np.ndarray, device, tile: int | None = None) -> np.ndarray:
+def super_resolve(model, lr: np.ndarray, ref: np.ndarray, device, tile: int | None = None,
+                  progress: bool = False) -> np.ndarray:
     """SR of one uint8 LR image (h x w x 3) with a uint8 reference (any size): uint8 (4h x 4w x 3)."""
     from .degradation import to_tensor, to_uint8
     from .evaluate import tiled_forward
 
-    sr = tiled_forward(model, to_tensor(lr).to(device), to_tensor(ref).to(device), tile=tile)
+    sr = tiled_forward(model, to_tensor(lr).to(device), to_tensor(ref).to(device), tile=tile, progress=progress)
     return to_uint8(sr[0])
+
+
+# a call this small runs whole without measuring its cost first (output and reference pixels, 256x256)
+_SMALL_CALL_PX = 256 * 256
+
+
+def _plan_tiles(args, model, device, loaded) -> list[int | None]:
+    """The LR tile of each image (None: whole), within --memory-mb; a large call's cost said before it starts."""
+    from .cost import default_budget_mb, measure_cost, plan_call
+
+    small = all(16 * lr.shape[0] * lr.shape[1] <= _SMALL_CALL_PX and ref.shape[0] * ref.shape[1] <= _SMALL_CALL_PX
+                for _, lr, _, ref, _ in loaded)
+    if small and args.memory_mb is None:
+        return [args.tile] * len(loaded)
+    budget = args.memory_mb if args.memory_mb is not None else default_budget_mb(device)
+    cost = measure_cost(model, device)
+    tiles = []
+    for name, lr, _, ref, _ in loaded:
+        try:
+            plan = plan_call(cost, lr.shape[:2], ref.shape[:2], budget, args.tile)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        if plan.tile is not None or plan.seconds > 10:
+            print(f"{name}: LR {lr.shape[1]}x{lr.shape[0]}, reference {ref.shape[1]}x{ref.shape[0]}, "
+                  f"{plan.describe(budget)}")
+        tiles.append(plan.tile)
+    return tiles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"shipped network (default {DEFAULT_CHECKPOINT})")
     add_authors_arguments(ap)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    ap.add_argument("--tile", type=int, default=None, help="LR tile side for large images (default: whole image)")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="LR tile side (default: the whole image, or the largest tile within --memory-mb)")
+    ap.add_argument("--memory-mb", type=float, default=None,
+                    help="memory budget of one call in MB (default: half of what is free now)")
     ap.add_argument("--bicubic", action="store_true", help="also write <name>_bicubic.png beside each result")
     args = ap.parse_args(argv)
     return run_command(lambda: _run(args))
@@ -119,11 +153,15 @@ def _run(args) -> None:
                 raise InputError(f"{src_path}: is {lr.shape[1]}x{lr.shape[0]} pixels, smaller than one "
                                  f"{MIN_LR_PATCH}x{MIN_LR_PATCH} patch; give an LR image of at least that size")
         loaded.append((name, lr, hr, load_rgb(ref_path), out_path))
+    if args.memory_mb is not None and not args.memory_mb > 0:
+        raise InputError(f"--memory-mb must be a positive number of MB, got {args.memory_mb}")
     device = pick_device(args.device)
     model, label = _load_model(args, device)
+    tiles = _plan_tiles(args, model, device, loaded)
     t0, scores = time.perf_counter(), []
-    for name, lr, hr, ref, out_path in tqdm(loaded, desc=f"{label}", unit="image", disable=len(loaded) < 2):
-        sr = super_resolve(model, lr, ref, device, args.tile)
+    for (name, lr, hr, ref, out_path), tile in tqdm(list(zip(loaded, tiles)), desc=f"{label}", unit="image",
+                                                    disable=len(loaded) < 2):
+        sr = super_resolve(model, lr, ref, device, tile, progress=tile is not None and len(loaded) < 2)
         save_png(out_path, sr)
         if args.bicubic:
             save_png(out_path.with_name(f"{out_path.stem}_bicubic.png"), upsample_lr(lr))
