@@ -38,6 +38,8 @@ test-notebooks: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
+# figures inline in runs/*.ipynb (as in JupyterLab), so that the HTML copies in docs/notebooks/ show them
+reproduce: export MPLBACKEND := module://matplotlib_inline.backend_inline
 reproduce: $(STAMP)
 	@mkdir -p runs
 	@for nb in $(NOTEBOOKS); do \

@@ -6,12 +6,15 @@
 `make reproduce` runs it on every notebook it executed. Figures are embedded (base64 PNG). What would make
 two exports of the same results differ is left out or fixed: papermill's metadata and timings, the widget
 state with its random model ids (a static page cannot run an explorer; a note says so), cell ids (papermill
-gives its injected cell a random one) and this checkout's absolute path in printed text. Each file is
-written through a temporary name and renamed.
+gives its injected cell a random one) and this checkout's absolute path in printed text. A PNG figure over
+200 kB (photographs, mostly) is embedded as a JPEG of quality 90 when that is smaller, which keeps each page
+under 2 MB. Each file is written through a temporary name and renamed.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import sys
 from pathlib import Path
 
@@ -23,11 +26,30 @@ from rrsr_lib.files import atomic_write_text  # noqa: E402
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "[an interactive explorer: open this notebook in JupyterLab (make lab) and run it to use it]"
 KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
+PNG_LIMIT = 200_000   # bytes of a decoded PNG above which a JPEG is tried
+JPEG_QUALITY = 90
 
 
 def _clean_text(text: str) -> str:
     """Printed text without this checkout's absolute path (the same on every machine)."""
     return text.replace(f"{ROOT}/", "").replace(str(ROOT), ".")
+
+
+def _smaller_figure(data: dict) -> None:
+    """Replace a large ``image/png`` in ``data`` by ``image/jpeg`` when the JPEG is smaller (same bytes every run)."""
+    from PIL import Image
+
+    png = base64.b64decode(data["image/png"])
+    if len(png) <= PNG_LIMIT:
+        return
+    image = Image.open(io.BytesIO(png))
+    rgb = Image.new("RGB", image.size, "white")
+    rgb.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    if buffer.tell() < len(png):
+        data.pop("image/png")
+        data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _clean_output(out) -> None:
@@ -37,6 +59,8 @@ def _clean_output(out) -> None:
     if WIDGET_VIEW in data:
         data.pop(WIDGET_VIEW)
         data["text/plain"] = WIDGET_NOTE
+    if "image/png" in data:
+        _smaller_figure(data)
     for mime in ("text/plain", "text/html"):
         if isinstance(data.get(mime), str):
             data[mime] = _clean_text(data[mime])

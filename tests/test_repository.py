@@ -201,3 +201,14 @@ def test_every_link_of_the_readme_to_a_file_of_the_repository_resolves():
     targets = [t for t in re.findall(r"\]\(([^)#]+)\)", readme) if "://" not in t]
     assert "PERFORMANCE.md" in targets
     assert [t for t in targets if not (ROOT / t).exists()] == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_has_an_executed_html_copy_under_2_mb_linked_from_the_readme(path):
+    html = ROOT / "docs" / "notebooks" / f"{path.stem}.html"
+    assert html.is_file(), f"{html.relative_to(ROOT)} is missing: run make reproduce"
+    assert html.stat().st_size < 2_000_000, f"{html.relative_to(ROOT)} is over 2 MB: shrink that notebook's figures"
+    assert re.search(r'<img [^>]*src="data:image/(png|jpeg);base64,', html.read_text(encoding="utf-8")), \
+        f"{html.name} embeds no figure: make reproduce runs the notebooks with the inline backend"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"[`{path.stem}`](docs/notebooks/{path.stem}.html)" in readme, f"the README's table must link {html.name}"
