@@ -56,7 +56,7 @@ from torchvision.ops import deform_conv2d
 
 from .blocks import LRELU_SLOPE, conv3x3
 from .errors import InputError
-from .fast.deform_sampling import SampleModulateMultiply
+from .fast.deform_sampling import SampleModulateMultiply, sample_modulate_multiply_no_grad
 from .offsets import to_deform_offsets
 
 __all__ = ["DEFORM_PATHS", "deform_path", "get_deform_path", "resolve_path", "tap_positions", "sample_taps",
@@ -198,10 +198,12 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     groups = _check(x, offset, mask, weight, bias)
     b, c, h, w = x.shape
     grid, hp, wp = _tap_grid(offset, h, w)
-    out = SampleModulateMultiply.apply(x.contiguous().view(b, groups, c // groups, h, w), grid,
-                                        mask.reshape(b, groups, 1, TAPS, h * w),
-                                        weight.reshape(weight.shape[0], c * TAPS), bias, hp, wp)
-    return out.view(b, weight.shape[0], h, w)
+    args = (x.contiguous().view(b, groups, c // groups, h, w), grid, mask.reshape(b, groups, 1, TAPS, h * w),
+            weight.reshape(weight.shape[0], c * TAPS), bias, hp, wp)
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias))
+    # the same numbers either way (tested); without gradients the columns are made a band of rows at a time
+    multiply = SampleModulateMultiply.apply if wants_grad else sample_modulate_multiply_no_grad
+    return multiply(*args).view(b, weight.shape[0], h, w)
 
 
 def modulated_deform_conv(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,

@@ -214,3 +214,15 @@ def test_sample_taps_then_one_matmul_is_the_sampling_path():
     cols = (samples * mask.view(2, 8, 1, 9, 42)).reshape(2, 16 * 9, 42)
     out = (weight.reshape(weight.shape[0], -1) @ cols + bias.view(1, -1, 1)).view(2, -1, 6, 7)
     torch.testing.assert_close(out, deform_conv_sampling(x, offset, mask, weight, bias), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("band_bytes", [1, 4096, 2 ** 30])
+def test_without_gradients_the_row_bands_give_the_numbers_of_the_autograd_path(monkeypatch, band_bytes):
+    from rrsr_lib.fast import deform_sampling
+    args = [t.detach().float() for t in _case(2, 16, 11, 13, groups=4)]
+    with_grad = deform_conv_sampling(*[t.clone().requires_grad_() for t in args])   # SampleModulateMultiply
+    monkeypatch.setattr(deform_sampling, "BAND_BYTES", band_bytes)   # 1 row, a few rows, the whole map per band
+    with torch.no_grad():
+        banded = deform_conv_sampling(*args)
+    assert with_grad.grad_fn is not None and banded.grad_fn is None
+    assert torch.equal(banded, with_grad.detach())

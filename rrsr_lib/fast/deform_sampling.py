@@ -15,7 +15,38 @@ import torch.nn.functional as F
 
 from . import sampling_adjoint
 
-__all__ = ["SampleModulateMultiply"]
+__all__ = ["SampleModulateMultiply", "sample_modulate_multiply_no_grad"]
+
+
+# Inference makes the columns (the 9 taps' samples of every input channel, 9x the input map) for this many
+# bytes of output rows at a time: the whole column matrix of one x4 map of 160 x 160 would be 59 MB at C = 64.
+BAND_BYTES = 8 * 2 ** 20
+
+
+def sample_modulate_multiply_no_grad(x, grid, mask, w2, bias, hp, wp):
+    """SampleModulateMultiply's forward where no gradient is wanted: the same samples, masks and matmul, a
+    band of output rows at a time, so the columns never take more than about BAND_BYTES (and no samples are
+    kept for a backward pass). Arguments and result as SampleModulateMultiply.forward."""
+    b, g, cg, h, w = x.shape
+    # zero rows/columns up to 2^k + 1 (see rrsr_lib.alignment._sampling_grid)
+    xp = F.pad(x, (0, wp - w, 0, hp - h))
+    taps = mask.shape[3]
+    out = xp.new_empty(b, w2.shape[0], h * w)
+    rows = max(1, min(h, BAND_BYTES // (xp.element_size() * g * cg * taps * w)))
+    grid_rows = grid.view(b, g, taps, h, w, 2)
+    mask_rows = mask.view(b, g, 1, taps, h, w)
+    for i in range(b):
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            n = (r1 - r0) * w
+            band = grid_rows[i, :, :, r0:r1].reshape(g, taps * (r1 - r0), w, 2)
+            s = F.grid_sample(xp[i], band, mode="bilinear", padding_mode="zeros", align_corners=True)
+            # columns: m_k(p) * x(p + k + offset_k(p)) for the band's outputs p, rows (g, c, k) as in w2
+            cols = s.view(g, cg, taps, n).mul_(mask_rows[i, :, :, :, r0:r1].reshape(g, 1, taps, n))
+            cols = cols.view(g * cg * taps, n)
+            band_out = w2 @ cols if bias is None else torch.addmm(bias.unsqueeze(1), w2, cols)
+            out[i, :, r0 * w:r1 * w] = band_out
+    return out
 
 
 class SampleModulateMultiply(torch.autograd.Function):
