@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	touch $(STAMP)
 
-# Tests write their figures to runs/test-figures, so the committed figures/ stay those of `make reproduce`.
+# Tests write their figures and results under runs/, so the committed figures/ and results/ stay those of
+# `make reproduce` (notebook 09 reads what notebook 08 wrote there, else the committed results).
 test: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
+test: export RRSR_RESULTS := $(CURDIR)/runs/test-results
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
@@ -35,6 +37,7 @@ test-lib: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
 
 test-notebooks: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
+test-notebooks: export RRSR_RESULTS := $(CURDIR)/runs/test-results
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 

@@ -29,6 +29,23 @@ def figures_dir() -> Path:
     return root
 
 
+def results_dir() -> Path:
+    """Where notebooks write their results: results/ at the project root, or $RRSR_RESULTS when set.
+
+    ``make test`` points it (like $RRSR_FIGURES) at a folder under runs/, so that running the notebooks as tests
+    leaves the committed results of ``make reproduce`` alone.
+    """
+    root = Path(os.environ.get("RRSR_RESULTS", project_root() / "results"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def results_path(name: str) -> Path:
+    """A results file to read: the one in :func:`results_dir` if this run wrote it, else the committed one."""
+    written = results_dir() / name
+    return written if written.exists() else project_root() / "results" / name
+
+
 def save_figure(fig, name: str, pdf: bool = True, dpi: int = 150) -> list[Path]:
     """Save a matplotlib figure as figures/<name>.png (and .pdf); return the written paths.
 

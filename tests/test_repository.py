@@ -212,3 +212,20 @@ def test_every_notebook_has_an_executed_html_copy_under_2_mb_linked_from_the_rea
         f"{html.name} embeds no figure: make reproduce runs the notebooks with the inline backend"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"[`{path.stem}`](docs/notebooks/{path.stem}.html)" in readme, f"the README's table must link {html.name}"
+
+
+def test_make_test_sends_the_notebooks_results_under_runs_and_reads_fall_back_to_the_committed_ones(tmp_path, monkeypatch):
+    from rrsr_lib.figures import results_dir, results_path
+    make = (ROOT / "Makefile").read_text()
+    assert "test: export RRSR_RESULTS := $(CURDIR)/runs/test-results" in make
+    monkeypatch.setenv("RRSR_RESULTS", str(tmp_path / "r"))
+    assert results_dir() == tmp_path / "r" and (tmp_path / "r").is_dir()
+    assert results_path("embedded_benchmark.json") == ROOT / "results" / "embedded_benchmark.json"
+    (tmp_path / "r" / "embedded_benchmark.json").write_text("[]")
+    assert results_path("embedded_benchmark.json") == tmp_path / "r" / "embedded_benchmark.json"
+    monkeypatch.delenv("RRSR_RESULTS")
+    assert results_dir() == ROOT / "results"
+    # no notebook writes into results/ by a path of its own
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        assert 'project_root() / "results"' not in code, nb.name
