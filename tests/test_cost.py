@@ -97,7 +97,10 @@ def test_the_command_says_the_cost_and_tiles_within_memory_mb(big_pair, rrsr, ca
     assert "LR 72x60, reference 112x96, in " in said and "budget 200 MB" in said
     tile = int(said.split("LR tiles of ")[1].split("x")[0])
     lr, ref = np.asarray(Image.open(big_pair / "lr.png")), np.asarray(Image.open(big_pair / "ref.png"))
-    assert np.array_equal(np.asarray(Image.open(out)), super_resolve(rrsr, lr, ref, "cpu", tile)), said
+    # the library call with the tile the command chose; up to a rounding flip, since on a busy machine the two
+    # calls may run with different thread counts (rrsr_lib.device.fair_threads) and so sum in another order
+    diff = np.abs(np.asarray(Image.open(out)).astype(int) - super_resolve(rrsr, lr, ref, "cpu", tile).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (said, diff.max(), (diff > 0).mean())
     assert float(said.split("about ")[1].split(" MB")[0].replace(",", "")) <= 200, said
 
 
