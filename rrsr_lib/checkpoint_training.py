@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from .checkpoints import (RECIPE, build_architecture, checkpoint_spec, checkpoints_dir, save_checkpoint,
+from .checkpoints import (RECIPE_VERSION, build_architecture, recipe, checkpoint_spec, checkpoints_dir, save_checkpoint,
                           spec_architecture)
 from .errors import InputError
+from .figures import project_root
 from .files import atomic_output, atomic_write_text
 
 __all__ = ["params_text", "write_params", "train_checkpoint"]
@@ -41,9 +42,20 @@ def _yaml_value(v: Any) -> str:
     return str(v)
 
 
-def params_text(name: str) -> str:
+def _header(name: str, version: int) -> list[str]:
+    """The comment lines under the first of a params.yaml (recipe 1's files were written with these words)."""
+    if version == 1:
+        return ["# The recipe shared by every shipped checkpoint (rrsr_lib.checkpoints.RECIPE): same data, patch, batch,",
+                "# steps and schedule for every model. Retrain: python scripts/train_checkpoints.py " + name]
+    return [f"# Recipe {version} (rrsr_lib.checkpoints.recipe), shared by every checkpoint trained with it: same data,",
+            "# patch, batch, steps and schedule for every model; info.json records the recipe.",
+            "# Retrain: python scripts/train_checkpoints.py " + name]
+
+
+def params_text(name: str, recipe_version: int = RECIPE_VERSION) -> str:
     """The params.yaml of a shipped checkpoint: every parameter of rrsr_lib.train.PARAMETERS, with the
-    recipe's values and comments (authors' values elsewhere). Parsed by rrsr_lib.train.load_params."""
+    values and comments of recipe ``recipe_version`` (authors' values elsewhere). Parsed by
+    rrsr_lib.train.load_params."""
     from .train import PARAMETERS
 
     spec = checkpoint_spec(name)
@@ -57,10 +69,10 @@ def params_text(name: str) -> str:
                "output_dir": (f"runs/checkpoints/{name}", "training folder; model.pt is packed into checkpoints/")}
     lines = [f"# checkpoint {name}: {spec['model']} ({spec['config']}), reciprocal learning "
              f"{'on' if spec['reciprocal'] else 'off'}, seed {spec['seed']}" + (f"; {spec['note']}" if spec["note"] else ""),
-             "# The recipe shared by every shipped checkpoint (rrsr_lib.checkpoints.RECIPE): same data, patch, batch,",
-             "# steps and schedule for every model. Retrain: python scripts/train_checkpoints.py " + name]
+             *_header(name, recipe_version)]
+    shared = recipe(recipe_version)
     for key, (default, *_rest) in PARAMETERS.items():
-        value, comment = per_run.get(key) or RECIPE.get(key) or (default, "")
+        value, comment = per_run.get(key) or shared.get(key) or (default, "")
         line = f"{key}: {_yaml_value(value)}"
         lines.append(f"{line:<28} # {comment}" if comment else line)
     return "\n".join(lines) + "\n"
@@ -83,8 +95,9 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
                      threads: int | None = 1, **overrides) -> dict:
     """Train checkpoint ``name`` from its params.yaml and pack it into ``root/<name>/``.
 
-    params_file: the parameter file to train from (default: ``<checkpoints_dir()>/<name>/params.yaml``, or,
-    when that is absent, one written from the recipe into ``root/<name>/``). root: where the packed checkpoint goes (default: checkpoints_dir(); give
+    params_file: the parameter file to train from (default: the current recipe's, :func:`params_text`, written
+    to ``runs/checkpoint_params/<name>/params.yaml``; the shipped params.yaml is replaced only when the new
+    checkpoint is packed). root: where the packed checkpoint goes (default: checkpoints_dir(); give
     another folder, e.g. runs/retrained, to keep the shipped checkpoints). overrides: training parameters
     that replace the file's (e.g. iterations=50); recorded in info.json. threads: torch CPU threads during
     training (1 is fastest on a shared 2-core machine; None: leave torch's setting).
@@ -95,10 +108,10 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
     spec = checkpoint_spec(name)
     root = Path(root) if root is not None else checkpoints_dir()
     if params_file is None:
-        params_file = checkpoints_dir() / name / "params.yaml"
-        if not params_file.is_file():
-            params_file = write_params(name, root)
+        params_file = write_params(name, project_root() / "runs" / "checkpoint_params")
     params_file = Path(params_file)
+    # info.json records the recipe when the file is the recipe's, else the file it was trained from
+    made_by = RECIPE_VERSION if params_file.read_text() == params_text(name) else f"custom: {params_file}"
     p = load_params(params_file, **overrides)
     if p["model"] != spec["model"] or p["reciprocal"] != spec["reciprocal"] or p["seed"] != spec["seed"]:
         raise InputError(f"{params_file} trains model={p['model']} reciprocal={p['reciprocal']} seed={p['seed']}, "
@@ -127,7 +140,7 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
     with atomic_output(folder / "train_log.csv") as tmp:
         shutil.copyfile(out / "train_log.csv", tmp)
     return save_checkpoint(result["model"].cpu(), folder, arch, spec=spec, iterations=int(p["iterations"]),
-                           overrides=copy.deepcopy(overrides), train_seconds=round(seconds, 1),
+                           overrides=copy.deepcopy(overrides), recipe=made_by, train_seconds=round(seconds, 1),
                            threads=torch.get_num_threads() if not threads else threads,
                            device=str(result["summary"]["device"]) if result.get("summary") else "cpu",
                            machine=f"{platform.machine()}, {os.cpu_count()} CPU cores visible",

@@ -48,7 +48,7 @@ from .fast.int8 import pack_tensors, unpack_tensors
 from .files import atomic_torch_save, atomic_write_text, load_tensors, sha256_file
 from .figures import project_root
 
-__all__ = ["FORMAT", "RECIPE", "CHECKPOINTS", "checkpoints_dir", "checkpoint_names",
+__all__ = ["FORMAT", "RECIPE", "RECIPE_VERSION", "recipe", "checkpoint_recipe", "CHECKPOINTS", "checkpoints_dir", "checkpoint_names",
            "checkpoint_spec", "spec_architecture", "build_architecture", "frozen_prefixes", "frozen_fingerprint", "pack_state_dict",
            "unpack_state_dict", "save_checkpoint", "checkpoint_info", "load_checkpoint", "list_checkpoints",
            "sha256_file", "load_authors_checkpoint"]
@@ -60,34 +60,71 @@ FORMAT = "rrsr-checkpoint/1"
 # ----------------------------------------------------------------------------------------------
 # name: (value, comment). Every parameter of rrsr_lib.train.PARAMETERS that the recipe sets; the rest keep
 # the authors' values. model, model_config, reciprocal, seed and output_dir come from each checkpoint.
+# Recipe 2 (2026-12-03) was chosen by the recipe trials of checkpoints/README.md (results/recipe_trials.json):
+# the best whole-image PSNR within one core-hour per network.
+RECIPE_VERSION = 2
 RECIPE: dict[str, tuple[Any, str]] = {
     "reciprocal_weight": (0.6, "the authors' weight: loss = L1(SR, HR) + 0.6 L1(Ref_w_hat, Ref_w)"),
-    "warp_min_px": (1.0, "Ref_w corner moves 1-3.8 px: the authors' 5-19 px on a 160 px reference, scaled to 32 px"),
-    "warp_max_px": (3.8, ""),
+    "warp_min_px": (2.0, "Ref_w corner moves 2-7.6 px: the authors' 5-19 px on a 160 px reference, scaled to 64 px"),
+    "warp_max_px": (7.6, ""),
     "dataset": ("embedded", "the embedded training photos (CUFED cannot ship)"),
     "embedded_length": (1000, "pairs per epoch"),
     "embedded_levels": ([1, 2], "similarity levels 1-2 only (authors: CUFED pairs of all similarities): "
-                                "reference use is learned faster from similar pairs, and the budget is short"),
+                                "levels 1-4 scored lower in the recipe trials"),
     "val_dataset": ("none", "no validation during training: the test pairs are only used to evaluate (notebook 08)"),
-    "hr_patch": (32, "HR 32 / LR 8 / Ref 32 (authors: 160 / 40 / 160): what a 2-core CPU trains in minutes"),
-    "lr_patch": (8, ""),
-    "ref_size": (32, ""),
+    "hr_patch": (64, "HR 64 / LR 16 / Ref 64 (authors: 160 / 40 / 160): HR 96 scored lower within the hour"),
+    "lr_patch": (16, ""),
+    "ref_size": (64, ""),
     "batch_size": (4, "authors: 9"),
     "num_workers": (0, ""),
-    "iterations": (300, "authors: 255,000"),
-    "lr": (1.0e-3, "authors: 1e-4; 10x for a run 850x shorter (the same for every model)"),
+    "iterations": (2000, "authors: 255,000; about an hour of one CPU core for rrsr"),
+    "lr": (1.0e-3, "authors: 1e-4; 10x for a run 128x shorter (the same for every model)"),
     "offset_lr_x1": (1.0e-5, "the authors' offset learning rates 1e-6 / 1e-5 / 1e-4, also 10x"),
     "offset_lr_x2": (1.0e-4, ""),
     "offset_lr_x4": (1.0e-3, ""),
-    "lr_milestones": ([240], "lr x0.1 for the last 20% of the steps (authors: at 72,545 and 211,040 of 255,000)"),
+    "lr_milestones": ([1600], "lr x0.1 for the last 20% of the steps (authors: at 72,545 and 211,040 of 255,000)"),
     "lr_gamma": (0.1, ""),
     "device": ("auto", ""),
     "amp": (True, "mixed precision on CUDA only"),
+    "checkpoint_every": (100, "resumable checkpoint in output_dir every 100 steps"),
+    "log_every": (50, ""),
+    "resume": (True, "an interrupted run continues exactly; delete output_dir to start over"),
+    "progress": (False, "log lines only (trainings run in the background)"),
+}
+# Recipe 1: what the checkpoints trained before 2026-12-03 saw (info.json without "recipe"); only the
+# parameters that differ from RECIPE. Kept so that their params.yaml stays the exact file that made them.
+LEGACY_RECIPES: dict[int, dict[str, tuple[Any, str]]] = {1: {
+    "warp_min_px": (1.0, "Ref_w corner moves 1-3.8 px: the authors' 5-19 px on a 160 px reference, scaled to 32 px"),
+    "warp_max_px": (3.8, ""),
+    "embedded_levels": ([1, 2], "similarity levels 1-2 only (authors: CUFED pairs of all similarities): "
+                                "reference use is learned faster from similar pairs, and the budget is short"),
+    "hr_patch": (32, "HR 32 / LR 8 / Ref 32 (authors: 160 / 40 / 160): what a 2-core CPU trains in minutes"),
+    "lr_patch": (8, ""),
+    "ref_size": (32, ""),
+    "iterations": (300, "authors: 255,000"),
+    "lr": (1.0e-3, "authors: 1e-4; 10x for a run 850x shorter (the same for every model)"),
+    "lr_milestones": ([240], "lr x0.1 for the last 20% of the steps (authors: at 72,545 and 211,040 of 255,000)"),
     "checkpoint_every": (0, "only the final resumable checkpoint"),
     "log_every": (10, ""),
     "resume": (False, "start over when retrained"),
     "progress": (True, ""),
-}
+}}
+
+
+def recipe(version: int = RECIPE_VERSION) -> dict[str, tuple[Any, str]]:
+    """The training recipe ``version`` (name -> (value, comment)): :data:`RECIPE` or a legacy one."""
+    if version == RECIPE_VERSION:
+        return dict(RECIPE)
+    if version not in LEGACY_RECIPES:
+        raise InputError(f"recipe {version!r} is unknown; the recipes are {sorted([RECIPE_VERSION, *LEGACY_RECIPES])}")
+    return {**RECIPE, **LEGACY_RECIPES[version]}
+
+
+def checkpoint_recipe(info: dict) -> int | str:
+    """The recipe version a checkpoint's info.json records: 1 when it predates the field, a string naming
+    the parameter file when it was trained from another file than a recipe's."""
+    return info.get("recipe", 1)
+
 
 # The shipped checkpoints: name -> architecture and run. "config" is the registry configuration
 # (rrsr_lib.models / rrsr_lib.baselines); the RRSR ablations are RRSR's "small" with one part changed.
