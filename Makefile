@@ -43,6 +43,8 @@ test-notebooks: $(STAMP)
 
 # figures inline in runs/*.ipynb (as in JupyterLab), so that the HTML copies in docs/notebooks/ show them
 reproduce: export MPLBACKEND := module://matplotlib_inline.backend_inline
+# the notebooks' own thread counts, whatever the machine's load (rrsr_lib.device.fair_threads): a rerun gives the same files
+reproduce: export RRSR_FAIR_THREADS := 0
 reproduce: $(STAMP)
 	@mkdir -p runs
 	@for nb in $(NOTEBOOKS); do \

@@ -81,10 +81,16 @@ class fair_threads:
     the threads wait for each other at every region. Measured on the 2-core machine with two CPU-bound
     processes beside it: the matcher at CUFED5 size took 1.0 s with 1 thread and 1.3-8.8 s with 2
     (benchmarks/contention.py). On an idle machine nothing changes. Nested uses are harmless.
+
+    The thread count changes float rounding (by about 1e-7), so results would depend on the machine's load;
+    with ``RRSR_FAIR_THREADS=0`` in the environment (``make reproduce`` sets it) the threads are left as they
+    are and a rerun on the same machine gives the same bits.
     """
 
     def __enter__(self):
         self._n = torch.get_num_threads()
+        if os.environ.get("RRSR_FAIR_THREADS", "1") == "0":
+            return self
         k = min(self._n, free_cores())
         if k != self._n:
             torch.set_num_threads(k)

@@ -86,6 +86,7 @@ def test_free_cores_counts_the_cores_no_other_task_runs_on():
 
 def test_fair_threads_limits_torch_threads_to_the_free_cores_and_restores_them(monkeypatch):
     import rrsr_lib.device as dev
+    monkeypatch.delenv("RRSR_FAIR_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -96,5 +97,22 @@ def test_fair_threads_limits_torch_threads_to_the_free_cores_and_restores_them(m
         monkeypatch.setattr(dev, "free_cores", lambda: 8)
         with dev.fair_threads():
             assert torch.get_num_threads() == 2   # never more than asked for
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fair_threads_is_switched_off_by_the_environment_for_reproducible_files(monkeypatch):
+    # make reproduce sets RRSR_FAIR_THREADS=0: the notebooks' thread counts, whatever the load
+    import rrsr_lib.device as dev
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(dev, "free_cores", lambda: 1)
+        monkeypatch.setenv("RRSR_FAIR_THREADS", "0")
+        with dev.fair_threads():
+            assert torch.get_num_threads() == 2
+        monkeypatch.setenv("RRSR_FAIR_THREADS", "1")
+        with dev.fair_threads():
+            assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -229,3 +229,25 @@ def test_make_test_sends_the_notebooks_results_under_runs_and_reads_fall_back_to
     for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
         assert 'project_root() / "results"' not in code, nb.name
+
+
+@pytest.mark.parametrize("overrides, ok", [
+    ({"write_results": True}, False),                                                      # a quick run
+    ({"write_results": True, "checkpoints": "all", "pairs": 10, "window": 96}, False),     # windows
+    ({"write_results": True, "checkpoints": "all", "pairs": 10, "window": 0}, True),       # the full run
+])
+def test_notebook_08_writes_the_committed_tables_only_from_the_full_run(overrides, ok):
+    # the imports, the parameters (with papermill's overrides after them) and their check, run as papermill would
+    from rrsr_lib.errors import InputError
+    code = [c for c in json.loads((ROOT / "notebooks" / "08_evaluation.ipynb").read_text())["cells"]
+            if c["cell_type"] == "code"]
+    ns = {}
+    for cell in code[:2]:
+        exec("".join(cell["source"]), ns)
+    ns.update(overrides)
+    if ok:
+        exec("".join(code[2]["source"]), ns)
+        assert ns["params"]["write_results"] is True
+    else:
+        with pytest.raises(InputError, match="write_results.*only with checkpoints='all', pairs=10, window=0"):
+            exec("".join(code[2]["source"]), ns)
