@@ -27,7 +27,7 @@ from .errors import InputError
 from .figures import project_root
 from .files import atomic_output, atomic_write_text
 
-__all__ = ["params_text", "write_params", "train_checkpoint"]
+__all__ = ["params_text", "write_params", "train_checkpoint", "readme_table", "write_readme_table"]
 
 
 def _yaml_value(v: Any) -> str:
@@ -145,3 +145,39 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
                            device=str(result["summary"]["device"]) if result.get("summary") else "cpu",
                            machine=f"{platform.machine()}, {os.cpu_count()} CPU cores visible",
                            torch=torch.__version__)
+
+
+# the table of checkpoints/README.md between these two lines is written by write_readme_table
+TABLE_START, TABLE_END = "<!-- checkpoints table: python scripts/train_checkpoints.py --readme -->", "<!-- end of table -->"
+
+
+def readme_table(root: str | Path | None = None) -> str:
+    """The markdown table of the checkpoints in ``root`` (default: the shipped ones), from their info.json."""
+    from .checkpoints import list_checkpoints
+
+    lines = ["| checkpoint | model (config) | reciprocal | seed | recipe | steps | trained parameters | model.pt | training time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    total_bytes = total_seconds = 0.0
+    for r in list_checkpoints(root):
+        if not r["present"]:
+            lines.append(f"| `{r['name']}` | {r['model']} ({r['config']}) | | | | | | missing | |")
+            continue
+        total_bytes += r["bytes"]
+        total_seconds += r["train_seconds"]
+        lines.append(f"| `{r['name']}` | {r['model']} ({r['config']}) | {'on' if r['reciprocal'] else 'off'} | "
+                     f"{r['seed']} | {r['recipe']} | {r['iterations']:,} | {r['trained_parameters']:,} | "
+                     f"{r['bytes'] / 1e6:.2f} MB | {r['train_seconds'] / 60:.1f} min |")
+    lines.append("")
+    lines.append(f"model.pt total {total_bytes / 1e6:.2f} MB; training time total {total_seconds / 60:.0f} min")
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: str | Path | None = None) -> Path:
+    """Replace the table between :data:`TABLE_START` and :data:`TABLE_END` of checkpoints/README.md."""
+    readme = Path(readme) if readme is not None else checkpoints_dir() / "README.md"
+    text = readme.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise InputError(f"{readme} lacks the lines {TABLE_START!r} and {TABLE_END!r} around the table")
+    head, rest = text.split(TABLE_START, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    return atomic_write_text(readme, f"{head}{TABLE_START}\n{readme_table()}\n{TABLE_END}{tail}")

@@ -385,7 +385,8 @@ def load_authors_checkpoint(restoration_path: str | Path, feature_extraction_pat
 
 def list_checkpoints(root: str | Path | None = None) -> list[dict]:
     """One row per shipped checkpoint: {name, model, config, reciprocal, seed, note, present, bytes,
-    train_seconds, iterations}; present=False (and None sizes) for a checkpoint whose files are missing."""
+    train_seconds, iterations, recipe, trained_parameters, threads}; present=False (and None sizes) for a
+    checkpoint whose files are missing."""
     root = Path(root) if root is not None else checkpoints_dir()
     rows = []
     for name, spec in CHECKPOINTS.items():
@@ -395,5 +396,7 @@ def list_checkpoints(root: str | Path | None = None) -> list[dict]:
         except InputError:
             info, present = {}, False
         rows.append({"name": name, **spec, "present": present, "bytes": info.get("bytes"),
-                     "train_seconds": info.get("train_seconds"), "iterations": info.get("iterations")})
+                     "train_seconds": info.get("train_seconds"), "iterations": info.get("iterations"),
+                     "recipe": checkpoint_recipe(info) if present else None,
+                     "trained_parameters": info.get("trained_parameters"), "threads": info.get("threads")})
     return rows

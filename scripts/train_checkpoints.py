@@ -4,6 +4,7 @@
     python scripts/train_checkpoints.py rrsr_rec_seed0     # one (or several) by name
     python scripts/train_checkpoints.py --list             # what exists, sizes and training times
     python scripts/train_checkpoints.py --write-params     # rewrite checkpoints/*/params.yaml from the recipe
+    python scripts/train_checkpoints.py --readme           # rewrite the table of checkpoints/README.md
 
 Each checkpoint is trained from checkpoints/<name>/params.yaml (rrsr_lib.train) with the architecture in
 rrsr_lib.checkpoints.CHECKPOINTS, and packed into checkpoints/<name>/ (model.pt, info.json, train_log.csv).
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rrsr_lib.checkpoint_training import train_checkpoint, write_params  # noqa: E402
+from rrsr_lib.checkpoint_training import train_checkpoint, write_params, write_readme_table  # noqa: E402
 from rrsr_lib.checkpoints import checkpoint_names, checkpoints_dir, list_checkpoints  # noqa: E402
 from rrsr_lib.errors import run_command  # noqa: E402
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads while training (default 1)")
     ap.add_argument("--list", action="store_true", help="list the checkpoints and exit")
     ap.add_argument("--write-params", action="store_true", help="write params.yaml from the recipe and exit")
+    ap.add_argument("--readme", action="store_true", help="rewrite the table of checkpoints/README.md and exit")
     args = ap.parse_args(argv)
     return run_command(lambda: _run(args, args.names or checkpoint_names()))
 
@@ -41,6 +43,9 @@ def _run(args, names: list[str]) -> int:
             secs = f"{r['train_seconds']:.0f} s" if r["present"] else ""
             print(f"{r['name']:<32} {size:>10} {secs:>8}")
         return 0
+    if args.readme:
+        print(write_readme_table())
+        return 0
     if args.write_params:
         for n in names:
             print(write_params(n))
@@ -50,6 +55,7 @@ def _run(args, names: list[str]) -> int:
         info = train_checkpoint(n, threads=args.threads)
         print(f"{n}: {info['bytes'] / 1e6:.2f} MB, trained in {info['train_seconds']:.0f} s "
               f"({time.perf_counter() - t0:.0f} s in all) -> {checkpoints_dir() / n}", flush=True)
+        write_readme_table()
 
 
 if __name__ == "__main__":

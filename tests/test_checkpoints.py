@@ -255,3 +255,10 @@ def test_a_truncated_model_file_is_named_with_how_to_restore_it(tmp_path, cut):
         ck.load_checkpoint("sisr_plain_seed0", root=tmp_path)
     with pytest.raises(InputError, match=r"model\.pt (is empty|cannot be read).*git checkout -- checkpoints/sisr_plain_seed0"):
         ck.load_checkpoint("sisr_plain_seed0", root=tmp_path, verify=False)
+
+
+def test_the_checkpoints_readme_table_is_the_one_their_info_json_gives():
+    text = (SHIPPED / "README.md").read_text()
+    table = text.split(ckt.TABLE_START, 1)[1].split(ckt.TABLE_END, 1)[0]
+    assert table.strip() == ckt.readme_table().strip(), \
+        "checkpoints/README.md is out of date: run python scripts/train_checkpoints.py --readme"
