@@ -29,7 +29,7 @@ from .authors_weights import add_authors_arguments, authors_label
 from .data.public import image_files
 from .errors import InputError, run_command
 
-__all__ = ["pair_files", "super_resolve", "main", "DEFAULT_CHECKPOINT"]
+__all__ = ["pair_files", "load_job", "super_resolve", "main", "DEFAULT_CHECKPOINT"]
 
 # the shipped network the command uses unless told otherwise: RRSR with reciprocal learning, seed 0
 DEFAULT_CHECKPOINT = "rrsr_rec_seed0"
@@ -69,6 +69,26 @@ def _load_model(args, device):
     if label:
         return load_authors_checkpoint(args.authors_weights, args.authors_features, device), label
     return load_checkpoint(args.checkpoint, device), args.checkpoint
+
+
+def load_job(src_path: Path, ref_path: Path, hr_mode: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Read and check one input and its reference: (lr uint8 hxwx3, hr uint8 4hx4wx3 or None, ref uint8).
+
+    hr_mode: the input is an HR photo, cropped to a multiple of 4 and degraded (PIL bicubic /4); otherwise it
+    is the LR image. Raises InputError naming the file for anything unreadable, of the wrong kind or too small.
+    """
+    from .degradation import bicubic_downsample
+    from .images import MIN_LR_PATCH, load_hr, load_rgb
+
+    if hr_mode:
+        hr = load_hr(src_path)
+        lr = bicubic_downsample(hr)
+    else:
+        hr, lr = None, load_rgb(src_path)
+        if min(lr.shape[:2]) < MIN_LR_PATCH:
+            raise InputError(f"{src_path}: is {lr.shape[1]}x{lr.shape[0]} pixels, smaller than one "
+                             f"{MIN_LR_PATCH}x{MIN_LR_PATCH} patch; give an LR image of at least that size")
+    return lr, hr, load_rgb(ref_path)
 
 
 @torch.no_grad()
@@ -131,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> None:
     """The command's work, on parsed arguments; raises InputError for anything bad."""
     from .checkpoints import checkpoint_names
-    from .degradation import bicubic_downsample, upsample_lr
+    from .degradation import upsample_lr
     from .device import pick_device
-    from .images import MIN_LR_PATCH, load_hr, load_rgb, save_png
+    from .images import MIN_LR_PATCH, save_png
     from .metrics import psnr, ssim
 
     if not authors_label(args) and args.checkpoint not in checkpoint_names():
@@ -144,15 +164,8 @@ def _run(args) -> None:
     # read and check every input before anything is computed or written
     loaded = []
     for name, src_path, ref_path, out_path in jobs:
-        if args.hr is not None:
-            hr = load_hr(src_path)
-            lr = bicubic_downsample(hr)
-        else:
-            hr, lr = None, load_rgb(src_path)
-            if min(lr.shape[:2]) < MIN_LR_PATCH:
-                raise InputError(f"{src_path}: is {lr.shape[1]}x{lr.shape[0]} pixels, smaller than one "
-                                 f"{MIN_LR_PATCH}x{MIN_LR_PATCH} patch; give an LR image of at least that size")
-        loaded.append((name, lr, hr, load_rgb(ref_path), out_path))
+        lr, hr, ref = load_job(src_path, ref_path, hr_mode=args.hr is not None)
+        loaded.append((name, lr, hr, ref, out_path))
     if args.memory_mb is not None and not args.memory_mb > 0:
         raise InputError(f"--memory-mb must be a positive number of MB, got {args.memory_mb}")
     device = pick_device(args.device)

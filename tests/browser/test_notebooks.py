@@ -6,7 +6,8 @@ is red text to a learner. This module starts one JupyterLab on a free loopback p
 one headless Chromium driven by Playwright. Each notebook/NN_*.ipynb (found by glob) is opened and run with
 Run All Cells: no output may be stderr (errors and warnings both; the text is quoted) and the last code cell
 must show an execution number. In the explorer notebooks the widgets must render and moving a slider must
-change the explorer's output. A screenshot of each explorer goes to tests/browser/screenshots/ (git-ignored)
+change the explorer's output; in notebook 08 two images are uploaded through the page into the own-images
+explorer, and its SR must appear. A screenshot of each explorer goes to tests/browser/screenshots/ (git-ignored)
 and, as ``<notebook>_jupyterlab.png``, to the figures folder (the notebooks' own ``<notebook>_explorer.png``
 is the static figure of the default state; the two must not share a name). Each notebook's kernel is shut
 down after its test. JupyterLab autosaves what it runs, so it serves a temporary copy of notebooks/.
@@ -195,6 +196,32 @@ def _move_a_slider(page, name: str) -> None:
     shutil.copy(shot, figures_dir() / shot.name)
 
 
+def _upload_own_images(page, folder: Path, name: str) -> None:
+    """Notebook 08's own-images explorer: two files uploaded through the page, run, and the SR appears."""
+    from PIL import Image
+
+    from rrsr_lib.data import EmbeddedTestPairs
+    from rrsr_lib.degradation import to_uint8
+
+    item = EmbeddedTestPairs(pairs=["aero"])[0]
+    files = []
+    for what in ("lr", "ref"):
+        files.append(folder / f"aero_{what}.png")
+        Image.fromarray(to_uint8(item[what])).save(files[-1])
+    uploads = page.locator(".jupyter-widgets.widget-upload input[type='file'], .widget-upload input[type='file']")
+    assert uploads.count() >= 2, f"{name}: the own-images explorer's two upload buttons are not on the page"
+    uploads.nth(0).set_input_files(str(files[0]))
+    uploads.nth(1).set_input_files(str(files[1]))
+    page.wait_for_timeout(1000)
+    page.locator("button.jupyter-button:text-is('run')").click()
+    h, w = item["hr"].shape[1:]
+    page.locator(f"text=SR done: {w}x{h}").first.wait_for(timeout=180_000)
+    _assert_no_stderr(page, name)
+    shot = SHOTS / "08_own_images_jupyterlab.png"
+    page.locator("text=SR done:").first.locator("xpath=ancestor::div[contains(@class,'jp-Cell')][1]").screenshot(path=str(shot))
+    shutil.copy(shot, figures_dir() / shot.name)
+
+
 @pytest.mark.slow
 def test_the_explorers_are_among_the_notebooks():
     assert NOTEBOOKS and set(EXPLORER_NOTEBOOKS) <= set(NOTEBOOKS), "EXPLORER_NOTEBOOKS names a missing notebook"
@@ -202,7 +229,7 @@ def test_the_explorers_are_among_the_notebooks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_clean_in_jupyterlab(lab, browser, name):
+def test_notebook_runs_clean_in_jupyterlab(lab, browser, name, tmp_path):
     url, token = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
@@ -211,6 +238,8 @@ def test_notebook_runs_clean_in_jupyterlab(lab, browser, name):
         _run_all(page, url, token, name)
         if name in EXPLORER_NOTEBOOKS:
             _move_a_slider(page, name)
+        if name == "08_evaluation.ipynb":
+            _upload_own_images(page, tmp_path, name)
         assert not errors, f"{name}: JavaScript errors in the page: {errors[:3]}"
     finally:
         page.close()
