@@ -208,10 +208,15 @@ def _upload_own_images(page, folder: Path, name: str) -> None:
     for what in ("lr", "ref"):
         files.append(folder / f"aero_{what}.png")
         Image.fromarray(to_uint8(item[what])).save(files[-1])
-    uploads = page.locator(".jupyter-widgets.widget-upload input[type='file'], .widget-upload input[type='file']")
+    # ipywidgets' FileUpload is a button whose <input type=file> is never attached to the page: the button
+    # opens the browser's file chooser, which Playwright answers with set_files (its set_input_files)
+    uploads = page.locator("button.widget-upload")
     assert uploads.count() >= 2, f"{name}: the own-images explorer's two upload buttons are not on the page"
-    uploads.nth(0).set_input_files(str(files[0]))
-    uploads.nth(1).set_input_files(str(files[1]))
+    for button, path in zip((uploads.nth(0), uploads.nth(1)), files):
+        button.scroll_into_view_if_needed()
+        with page.expect_file_chooser(timeout=30_000) as chooser:
+            button.click()
+        chooser.value.set_files(str(path))
     page.wait_for_timeout(1000)
     page.locator("button.jupyter-button:text-is('run')").click()
     h, w = item["hr"].shape[1:]
