@@ -221,6 +221,32 @@ def test_explorer_view_agrees_with_the_matcher(real_features):
         match_view(fi, fr, 28, 0)
 
 
+def test_correspondence_lines_join_each_patch_centre_to_its_match_in_image_pixels():
+    # the drawing notebook 09 and the own-images explorer share: one line per stride-th patch, from the
+    # patch's centre (x + 1.5, y + 1.5) to the centre of its match (x + dx + 1.5, y + dy + 1.5), times the scale
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch
+    from rrsr_lib.explorers.matching import draw_correspondences
+    g = torch.Generator().manual_seed(0)
+    flow = torch.randint(-3, 4, (7, 10, 2), generator=g).float().numpy()
+    score = torch.rand(7, 10, generator=g).numpy()
+    fig, (a_in, a_ref) = plt.subplots(1, 2)
+    assert draw_correspondences(a_in, a_ref, flow, score, scale=4, stride=3, dots=True) == 3 * 4
+    lines = [a for a in fig.artists if isinstance(a, ConnectionPatch)]
+    assert len(lines) == 12 and len(a_in.lines) == len(a_ref.lines) == 12
+    y, x = 6, 9
+    dx, dy = flow[y, x]
+    last = lines[-1]
+    assert last.xy1 == ((x + 1.5) * 4, (y + 1.5) * 4)
+    assert last.xy2 == ((x + dx + 1.5) * 4, (y + dy + 1.5) * 4)
+    assert tuple(a_ref.lines[-1].get_xydata()[0]) == last.xy2
+    plt.close(fig)
+    fig, (a_in, a_ref) = plt.subplots(1, 2)
+    with pytest.raises(InputError, match="flow must be"):
+        draw_correspondences(a_in, a_ref, flow[..., 0], score)
+    plt.close(fig)
+
+
 def test_half_precision_features_are_matched_in_float32_even_under_autocast():
     # mixed-precision training hands the matcher bfloat16 features from inside autocast; it must neither fail
     # nor match in bfloat16: the result is that of the same values in float32

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..alignment import TAPS, tap_positions
+from ..alignment import tap_positions
 from ..errors import InputError
 from . import show_explorer
 

@@ -6,7 +6,8 @@ convolution kernel, divided by each reference patch's norm. :func:`match_view` c
 :func:`draw_match_view` draws it (input image with the patch, reference with the best patch and the
 top-k candidates, the score map, the two patches enlarged), :func:`draw_default_view` is the static
 figure of the default state (for papermill/nbval runs and figures/), :func:`matching_explorer` wires
-two sliders (and a feature-set dropdown) to them.
+two sliders (and a feature-set dropdown) to them. :func:`draw_correspondences` draws a whole matching (every
+few input patches joined to their match), for notebook 09 and the own-images explorer of notebook 08.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.patches import Rectangle
+from matplotlib.patches import ConnectionPatch, Rectangle
 
 from ..errors import InputError
 from ..matching import NORM_EPS, normalize_pixels, patch_norms
@@ -124,3 +125,37 @@ def matching_explorer(features: dict, img_in: np.ndarray, img_ref: np.ndarray, s
         draw_match_view(match_view(fi, fr, ys.value, xs.value, top_k), img_in, img_ref, scale)
 
     return show_explorer([ys, xs, which], draw)
+
+
+def draw_correspondences(a_in, a_ref, flow: np.ndarray, score: np.ndarray, scale: int = 4, stride: int = 0,
+                         dots: bool = False, lw: float = 0.6, alpha: float = 0.7) -> int:
+    """Join every ``stride``-th input patch (drawn on axes ``a_in``) to its match (on axes ``a_ref``).
+
+    flow: (h-2, w-2, 2) float, the (dx, dy) in LR pixels from each input 3x3 patch's top-left corner to its
+    matched reference patch's (the valid grid of the trace's ``matching["flow"]``); score: (h-2, w-2), the
+    match's cosine score, which colours the line (viridis, from its 5th percentile to its maximum).
+    scale: image pixels per LR pixel on both axes (4 when they show HR-sized images); stride 0: about 12
+    lines a side. dots: also mark both ends. Returns the number of lines drawn.
+    """
+    if flow.ndim != 3 or flow.shape[-1] != 2 or score.shape != flow.shape[:2]:
+        raise InputError(f"draw_correspondences: flow must be (h, w, 2) and score (h, w); got {flow.shape} and "
+                         f"{score.shape}: pass trace['matching']['flow'][0] and ['score'][0] as numpy arrays")
+    lo, hi = float(np.percentile(score, 5)), float(score.max())
+    step = stride or max(1, max(flow.shape[:2]) // 12)
+    cmap = plt.get_cmap("viridis")
+    fig = a_in.figure
+    n = 0
+    for y in range(0, flow.shape[0], step):
+        for x in range(0, flow.shape[1], step):
+            dx, dy = flow[y, x]
+            # patch (y, x) covers LR pixels y..y+2: from its centre to the centre of its match, in image pixels
+            src = ((x + 1.5) * scale, (y + 1.5) * scale)
+            dst = ((x + dx + 1.5) * scale, (y + dy + 1.5) * scale)
+            color = cmap((score[y, x] - lo) / max(hi - lo, 1e-6))
+            if dots:
+                a_in.plot(*src, ".", color=color, ms=3)
+                a_ref.plot(*dst, ".", color=color, ms=3)
+            fig.add_artist(ConnectionPatch(xyA=src, coordsA=a_in.transData, xyB=dst, coordsB=a_ref.transData,
+                                           color=color, lw=lw, alpha=alpha))
+            n += 1
+    return n

@@ -17,9 +17,9 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import ConnectionPatch
 
 from ..errors import InputError
+from .matching import draw_correspondences
 
 __all__ = ["MAX_LR_SIDE", "MAX_REF_SIDE", "decode_uploads", "own_view", "draw_own_images", "own_images_explorer"]
 
@@ -108,18 +108,7 @@ def draw_own_images(view: dict, model_name: str = "model", stride: int = 0):
         a_in, a_ref = fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4)
         a_in.imshow(view["sr"])
         a_ref.imshow(view["ref"])
-        flow, s = view["flow"], view["score"]
-        lo, hi = float(np.percentile(s, 5)), float(s.max())
-        step = stride or max(1, max(flow.shape[:2]) // 12)
-        cmap = plt.get_cmap("viridis")
-        for y in range(0, flow.shape[0], step):
-            for x in range(0, flow.shape[1], step):
-                dx, dy = flow[y, x]
-                # patch (y, x) covers LR pixels y..y+2: from its centre, in output pixels
-                src, dst = ((x + 1.5) * scale, (y + 1.5) * scale), ((x + dx + 1.5) * scale, (y + dy + 1.5) * scale)
-                color = cmap((s[y, x] - lo) / max(hi - lo, 1e-6))
-                fig.add_artist(ConnectionPatch(xyA=src, coordsA=a_in.transData, xyB=dst, coordsB=a_ref.transData,
-                                               color=color, lw=0.6, alpha=0.7))
+        draw_correspondences(a_in, a_ref, view["flow"], view["score"], scale, stride)
         a_in.set_title("SR: each line starts at an input patch", fontsize=9)
         a_ref.set_title("reference: where it matched (colour: cosine score)", fontsize=9)
         for ax in (a_in, a_ref):
