@@ -130,6 +130,9 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
         t0 = time.perf_counter()
         result = train(p, model=model)
         seconds = time.perf_counter() - t0
+        # a resumed run: the seconds of every logged window, the earlier processes' included
+        logged = sum(r.get("seconds", 0.0) for r in result.get("train_log") or [])
+        seconds = max(seconds, logged)
     finally:
         torch.set_num_threads(old_threads)
     out = Path(result["output_dir"])
