@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m rrsr_lib.train --params FILE.yaml [--set name=value ...]``."""
     parser = argparse.ArgumentParser(prog="python -m rrsr_lib.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", required=True, help="YAML parameter file (e.g. notebooks/params/cpu_demo.yaml)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override single parameters")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="NAME=VALUE", help="override single parameters")
     args = parser.parse_args(argv)
     return run_command(lambda: _train_command(args))
 

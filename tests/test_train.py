@@ -141,7 +141,8 @@ def test_command_line_trains_from_a_parameter_file(tmp_path, capsys):
     lines = [f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY.items()]
     f.write_text("\n".join(lines + ["iterations: 2", "model: sisr", "model_config: small",
                                      f"output_dir: {tmp_path / 'out'}"]))
-    assert main(["--params", str(f), "--set", "reciprocal=false", "val_dataset=embedded", "val_limit=1"]) == 0
+    # --set takes several values, and may be repeated: every override counts
+    assert main(["--params", str(f), "--set", "reciprocal=false", "val_dataset=embedded", "--set", "val_limit=1"]) == 0
     assert '"iterations": 2' in capsys.readouterr().out
     assert len(_csv_rows(tmp_path / "out" / "train_log.csv")) == 2
     assert len(_csv_rows(tmp_path / "out" / "val_log.csv")) == 1
