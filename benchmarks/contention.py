@@ -28,6 +28,7 @@ from rrsr_lib import device as device_mod  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.matching import match_patches  # noqa: E402
 from rrsr_lib.models import build_model  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 
 def _workloads():
@@ -94,6 +95,7 @@ def main(argv=None) -> dict:
     result["meets_target"] = all(r <= 1.2 for r in busy)
     torch.set_num_threads(default_threads)
     write_json(result, args.out)
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     print(f"target <= 1.2x beside a CPU-bound process: {'met' if result['meets_target'] else 'NOT met'} "
           f"({', '.join(f'{r:.2f}x' for r in busy)}); wrote {args.out}")
     return result

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from rrsr_lib.checkpoints import load_checkpoint  # noqa: E402
 from rrsr_lib.cost import measure_cost  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 # (LR height, width, reference height, width): output-dominated, reference-dominated, both large
 CALLS = [(60, 80, 240, 320), (120, 160, 240, 320), (60, 80, 480, 640), (120, 160, 480, 640)]
@@ -71,6 +72,7 @@ def main() -> None:
     write_json({"what": "rrsr_lib.cost estimate against one call in a fresh process (shipped small RRSR)",
                 "threads": args.threads, "machine": platform.processor() or platform.machine(),
                 "law": {"mb": cost.mb, "seconds": cost.seconds}, "calls": rows}, args.out)
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     print(f"written to {args.out}")
 
 

@@ -40,6 +40,7 @@ from rrsr_lib.checkpoints import frozen_prefixes, load_checkpoint  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.model_counts import count_macs  # noqa: E402
 from rrsr_lib.models import build_model  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 # configuration -> (network, LR (h, w), Ref (h, w), target ratio to the limit)
 CONFIGS = {"small": ("shipped rrsr_rec_seed0", (60, 80), (240, 320), 1.8),
@@ -128,6 +129,7 @@ def main(argv=None) -> dict:
         print(f"  target <= {row['target_ratio']}x: {'met' if row['meets_target'] else 'NOT met'}", flush=True)
     result["load_after"] = os.getloadavg()
     write_json(result, args.out)
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     print(f"wrote {args.out} (load average {result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after: "
           f"ratios hold for an idle machine only)")
     return result

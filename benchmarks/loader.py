@@ -37,6 +37,7 @@ from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.images import load_hr, save_png  # noqa: E402
 from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
 from rrsr_lib.train_data import StepBatches, TrainSamples  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 GPU_STEP_S = 0.112        # paper configuration, plain, batch 9, one H200 (results/train_benchmark_cuda.json)
 BATCH = 9
@@ -119,6 +120,7 @@ def main(argv=None) -> dict:
     print(f"  sum {per_sample_ms:.2f} ms -> one process makes {1000 / per_sample_ms:.0f} samples/s; "
           f"one GPU needs about {result['workers_per_gpu_at_the_one_worker_rate']} workers at the 1-worker rate")
     write_json(result, args.out)
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     return result
 
 

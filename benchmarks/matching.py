@@ -257,6 +257,8 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     from rrsr_lib.files import atomic_write_text
     atomic_write_text(out, json.dumps(report, indent=1))
+    from scripts.performance_table import update_performance
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     print(f"wrote {out}")
     if not args.no_figure:
         plot(report)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from rrsr_lib.fast.matching_blocked import plan_blocks  # noqa: E402
 from rrsr_lib.files import atomic_write_text  # noqa: E402
 from rrsr_lib.matching import match_patches, match_patches_naive  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 CASES = {"cufed5": (256, 83, 125), "large_c64": (64, 200, 200)}   # (C, H, W) of input and reference
 
@@ -81,6 +82,7 @@ def main(argv=None) -> dict:
         rows_out["naive_over_default"] = rows_out["naive"]["median_s"] / rows_out["default"]["median_s"]
         result[name] = rows_out
     atomic_write_text(Path(args.out), json.dumps(result, indent=1))
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     return result
 
 

@@ -165,6 +165,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from rrsr_lib.files import atomic_write_text
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    from scripts.performance_table import update_performance
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     print(f"wrote {out}")
     return 0
 

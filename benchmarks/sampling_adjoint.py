@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from rrsr_lib.alignment import TAPS, _exact_size  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.fast import sampling_adjoint  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 # scale -> (channels per group, feature size) for HR patch 160 and 8 deformable groups (RRSR's training set-up)
 SCALES = {"x4": (8, 160), "x2": (16, 80), "x1": (32, 40)}
@@ -130,6 +131,7 @@ def main(argv=None) -> dict:
         "repeats": args.repeats, "cases": cases,
     }
     write_json(result, args.out)
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     return result
 
 

@@ -36,6 +36,7 @@ from rrsr_lib.evaluate import write_json  # noqa: E402
 from rrsr_lib.fast import sampling_adjoint  # noqa: E402
 from rrsr_lib.reciprocal import add_warped_reference  # noqa: E402
 from rrsr_lib.train import Trainer, check_params  # noqa: E402
+from scripts.performance_table import update_performance  # noqa: E402
 
 
 def _batch(samples: list[dict]) -> dict:
@@ -143,6 +144,7 @@ def main(argv=None) -> dict:
         key += "_aten"
     runs[key] = result
     write_json(runs, out)
+    update_performance()   # PERFORMANCE.md's table of the latest numbers
     print(f"{args.model} ({args.config}), batch {args.batch}, LR {args.hr // 4}x{args.hr // 4}, {device}: "
           f"plain {result['plain_median_s']:.2f} s/step, reciprocal {result['reciprocal_median_s']:.2f} s/step, "
           f"ratio {result['ratio']:.2f} (target <= 2.1); Ref_w + LR(Ref_w) in the data pipeline: "
