@@ -124,11 +124,41 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _check_resume(saved: dict, p: dict, ckpt: Path) -> None:
-    diff = sorted(k for k in p if k not in RESUMABLE_CHANGES and saved.get(k) != p[k])
+    # a parameter that the saved run did not know yet had its default there
+    diff = sorted(k for k in p if k not in RESUMABLE_CHANGES and saved.get(k, PARAMETERS[k][0]) != p[k])
     if diff:
         raise InputError(f"{ckpt} was written with other values of {diff} "
                          f"(e.g. {diff[0]}={saved.get(diff[0])!r}, now {p[diff[0]]!r}); use a new output_dir, "
                          "set resume: false to start over, or restore the old values")
+
+
+def _start_from(model: nn.Module, value: str, p: dict) -> str:
+    """Load the trained weights of the checkpoint folder ``value`` (parameter ``init_weights``) into ``model``;
+    returns a one-line description. The folder's network must be the one being trained."""
+    from .checkpoints import AUTHORS_VARIANT, checkpoint_info, load_checkpoint
+
+    folder = resolve_path(value)
+    fix = "name a checkpoint folder that holds info.json and model.pt, e.g. checkpoints/rrsr_rec_seed0"
+    if not folder.is_dir():
+        raise InputError(f"init_weights: {folder} is not a folder; {fix}")
+    info = checkpoint_info(folder.name, folder.parent)
+    arch = info["architecture"]
+    if (arch.get("model"), arch.get("config")) != (p["model"], p["model_config"]):
+        raise InputError(f"init_weights: {folder} holds {arch.get('model')} ({arch.get('config')}), this run trains "
+                         f"{p['model']} ({p['model_config']}); set model and model_config to match, or name another "
+                         "checkpoint")
+    # the registry builds the authors' variant; an older checkpoint's would load silently into it
+    if arch["model"] in ("rrsr", "c2") and arch.get("variant") != AUTHORS_VARIANT:
+        raise InputError(f"init_weights: {folder} was trained as the variant {arch.get('variant', 'legacy')}, "
+                         f"training builds the authors' {AUTHORS_VARIANT}; name a checkpoint trained after 2026-12-02")
+    trained = load_checkpoint(folder.name, root=folder.parent)
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as exc:
+        raise InputError(f"init_weights: {folder}'s tensors do not fit the network being trained "
+                         f"({str(exc).splitlines()[0][:120]}); {fix} of the same architecture") from None
+    steps = info.get("iterations")
+    return f"started from {value} ({arch['model']} {arch['config']}{f', {steps} steps' if steps else ''})"
 
 
 def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = None,
@@ -180,8 +210,14 @@ def train(params: Mapping[str, Any] | str | Path, *, model: nn.Module | None = N
         if rank == 0:
             train_csv.truncate_after(trainer.step_count)
             val_csv.truncate_after(trainer.step_count)
-    elif rank == 0:
-        _move_old_run_aside(out)
+    else:
+        if rank == 0:
+            _move_old_run_aside(out)
+        if p["init_weights"]:
+            # every process loads the same file, so the replicas start equal
+            said = _start_from(trainer.model, p["init_weights"], p)
+            if rank == 0:
+                print(f"rrsr_lib.train: {said}")
     start = trainer.step_count
     samples = TrainSamples(training_set(p), p["seed"], p["reciprocal"] and p["reciprocal_weight"] > 0,
                             (p["warp_min_px"], p["warp_max_px"]))

@@ -83,6 +83,9 @@ PARAMETERS: dict[str, tuple[Any, type, Callable[[Any], bool], str, str]] = {
     "d_lr": (1e-4, float, lambda v: v > 0, "is > 0", "discriminator Adam learning rate"),
     "d_betas": ([0.9, 0.999], list, _betas, "is a list of two numbers in [0, 1)", "discriminator Adam betas"),
     "d_channels": (32, int, lambda v: v >= 1, "is >= 1", "discriminator base channels"),
+    "init_weights": ("", str, lambda v: True, "",
+                     "start from a trained network: a checkpoint folder (info.json + model.pt), e.g. "
+                     "checkpoints/rrsr_rec_seed0; '' starts from a fresh network"),
     "seed": (10, int, lambda v: v >= 0, "is >= 0", "random seed"),
     "device": ("auto", str, lambda v: v in ("auto", "cuda", "mps", "cpu"), "is auto, cuda, mps or cpu",
                "where to train"),

@@ -81,6 +81,27 @@ def test_a_short_run_brings_the_loss_down(tmp_path):
     torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loads without running code
 
 
+def test_a_run_can_start_from_a_shipped_checkpoint_and_refuses_one_of_another_network(tmp_path, capsys):
+    from rrsr_lib.checkpoints import load_checkpoint
+
+    shipped = load_checkpoint("sisr_plain_seed0").state_dict()
+    # one step at a negligible learning rate: the trained weights are the checkpoint's, not a fresh network's
+    r = train(dict(TINY, model="sisr", model_config="small", iterations=1, lr=1e-12, reciprocal=False,
+                   init_weights="checkpoints/sisr_plain_seed0", output_dir=str(tmp_path / "ft")))
+    assert "started from checkpoints/sisr_plain_seed0 (sisr small, 2000 steps)" in capsys.readouterr().out
+    trained = r["model"].state_dict()
+    assert max((trained[k].cpu() - v).abs().max().item() for k, v in shipped.items()) < 1e-6
+    fresh = train(dict(TINY, model="sisr", model_config="small", iterations=1, lr=1e-12, reciprocal=False,
+                       output_dir=str(tmp_path / "fresh")))["model"].state_dict()
+    assert max((fresh[k].cpu() - v).abs().max().item() for k, v in shipped.items()) > 1e-2
+    with pytest.raises(InputError, match=r"holds sisr \(small\), this run trains rrsr \(small\)"):
+        train(dict(TINY, model="rrsr", model_config="small", iterations=1, init_weights="checkpoints/sisr_plain_seed0",
+                   output_dir=str(tmp_path / "other")))
+    with pytest.raises(InputError, match="is not a folder"):
+        train(dict(TINY, iterations=1, init_weights="checkpoints/no_such_network", output_dir=str(tmp_path / "none")),
+              model=ToyRefSR())
+
+
 def test_resume_after_an_interruption_gives_the_uninterrupted_losses_exactly(tmp_path):
     # GAN variant with reciprocal learning: covers the data order, Ref_w warps, the discriminator and the
     # random mixtures of the gradient penalty (torch's generator), Adam states and the lr schedule
