@@ -9,12 +9,20 @@ state with its random model ids (a static page cannot run an explorer; a note sa
 gives its injected cell a random one) and this checkout's absolute path in printed text. A PNG figure over
 200 kB (photographs, mostly) is embedded as a JPEG of quality 90 when that is smaller, which keeps each page
 under 2 MB. Each file is written through a temporary name and renamed.
+
+Printed timings differ on every run (a machine's load, its speed). So that rerunning `make reproduce` leaves
+the repository unchanged when its results are unchanged, a page is only rewritten when it differs from the
+committed one in something other than them: two pages are compared with, on every line that reports a time
+(a number followed by " s", " ms" or " min"), the measurements masked (times, MiB, speed ratios such as
+"0.6x", GFLOP/s, the load average), and when they agree, the committed page, with the timings of the run that
+wrote it, stays as it is. Every other number (a PSNR, a count, a percentage) is compared as printed.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +36,9 @@ WIDGET_NOTE = "[an interactive explorer: open this notebook in JupyterLab (make 
 KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 PNG_LIMIT = 200_000   # bytes of a decoded PNG above which a JPEG is tried
 JPEG_QUALITY = 90
+# a printed time: a number, one space, a unit ("0.12 s", "1233 s", "16 ms", "3 min"); a base64 figure has no spaces
+TIMING = re.compile(r"\d(?:\.\d+)? (?:s|ms|min)\b")
+MEASURED = re.compile(r"\d+(?:\.\d+)?(?= ?(?:s|ms|min|MiB|GiB|MB|GB|x|GFLOP/s)\b)|load \[[\d., ]+\]")
 
 
 def _clean_text(text: str) -> str:
@@ -77,8 +88,14 @@ def readable_copy(nb):
     return nb
 
 
-def export(executed: Path, out_dir: Path) -> Path:
-    """docs-style HTML of one executed notebook (``out_dir/<stem>.html``); returns its path."""
+def without_timings(html: str) -> str:
+    """``html`` with the measurements masked on the lines that report a time (times, memory, speed ratios, load)."""
+    return "\n".join(MEASURED.sub("#", line) if TIMING.search(line) else line for line in html.split("\n"))
+
+
+def export(executed: Path, out_dir: Path) -> tuple[Path, bool]:
+    """docs-style HTML of one executed notebook (``out_dir/<stem>.html``): its path, and whether it was written
+    (False: the page there already shows the same notebook, apart from printed timings)."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -86,7 +103,10 @@ def export(executed: Path, out_dir: Path) -> Path:
         raise SystemExit(f"export_html: {executed} is not an executed notebook (.ipynb); run make reproduce")
     nb = readable_copy(nbformat.read(executed, as_version=4))
     html, _ = HTMLExporter(template_name="lab").from_notebook_node(nb, resources={"metadata": {"name": executed.stem}})
-    return atomic_write_text(out_dir / f"{executed.stem}.html", html)
+    out = out_dir / f"{executed.stem}.html"
+    if out.is_file() and without_timings(out.read_text(encoding="utf-8")) == without_timings(html):
+        return out, False
+    return atomic_write_text(out, html), True
 
 
 def main(argv=None) -> int:
@@ -95,9 +115,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "notebooks", help="folder of the HTML files")
     args = parser.parse_args(argv)
     for path in args.notebooks:
-        html = export(path, args.out)
-        print(f"== {path} -> {html.relative_to(ROOT) if html.is_relative_to(ROOT) else html} "
-              f"({html.stat().st_size / 1e6:.2f} MB)")
+        html, written = export(path, args.out)
+        shown = html.relative_to(ROOT) if html.is_relative_to(ROOT) else html
+        print(f"== {path} -> {shown} ({html.stat().st_size / 1e6:.2f} MB)" if written else
+              f"== {path}: {shown} unchanged (the same outputs apart from printed timings)")
     return 0
 
 
