@@ -92,7 +92,7 @@ def write_params(name: str, root: str | Path | None = None) -> Path:
 
 
 def train_checkpoint(name: str, root: str | Path | None = None, params_file: str | Path | None = None,
-                     threads: int | None = 1, **overrides) -> dict:
+                     threads: int | None = 1, folder: str | Path | None = None, **overrides) -> dict:
     """Train checkpoint ``name`` from its params.yaml and pack it into ``root/<name>/``.
 
     params_file: the parameter file to train from (default: the current recipe's, :func:`params_text`, written
@@ -100,7 +100,8 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
     checkpoint is packed). root: where the packed checkpoint goes (default: checkpoints_dir(); give
     another folder, e.g. runs/retrained, to keep the shipped checkpoints). overrides: training parameters
     that replace the file's (e.g. iterations=50); recorded in info.json. threads: torch CPU threads during
-    training (1 is fastest on a shared 2-core machine; None: leave torch's setting).
+    training (1 is fastest on a shared 2-core machine; None: leave torch's setting). folder: where to pack it
+    (default ``root/<name>``), e.g. ``checkpoints/rrsr_rec_seed0/step50`` for the same run stopped early.
     Returns the info dict (architecture, sha256, bytes, train_seconds, ...).
     """
     from .train import load_params, train
@@ -136,7 +137,7 @@ def train_checkpoint(name: str, root: str | Path | None = None, params_file: str
     finally:
         torch.set_num_threads(old_threads)
     out = Path(result["output_dir"])
-    folder = root / name
+    folder = Path(folder) if folder is not None else root / name
     folder.mkdir(parents=True, exist_ok=True)
     if params_file.resolve() != (folder / "params.yaml").resolve():
         shutil.copyfile(params_file, folder / "params.yaml")

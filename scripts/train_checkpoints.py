@@ -5,6 +5,8 @@
     python scripts/train_checkpoints.py --list             # what exists, sizes and training times
     python scripts/train_checkpoints.py --write-params     # rewrite checkpoints/*/params.yaml from the recipe
     python scripts/train_checkpoints.py --readme           # rewrite the table of checkpoints/README.md
+    python scripts/train_checkpoints.py --early 50 rrsr_rec_seed0   # the same run stopped after 50 steps,
+                                                                    # packed into checkpoints/rrsr_rec_seed0/step50/
 
 Each checkpoint is trained from checkpoints/<name>/params.yaml (rrsr_lib.train) with the architecture in
 rrsr_lib.checkpoints.CHECKPOINTS, and packed into checkpoints/<name>/ (model.pt, info.json, train_log.csv).
@@ -32,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the checkpoints and exit")
     ap.add_argument("--write-params", action="store_true", help="write params.yaml from the recipe and exit")
     ap.add_argument("--readme", action="store_true", help="rewrite the table of checkpoints/README.md and exit")
+    ap.add_argument("--early", type=int, default=0, metavar="STEPS",
+                    help="train only the first STEPS steps of each named run and pack them into "
+                         "checkpoints/<name>/stepSTEPS/ (notebook 07 fine-tunes rrsr_rec_seed0's step50)")
     args = ap.parse_args(argv)
+    if args.early < 0 or (args.early and not args.names):
+        ap.error("--early needs a number of steps > 0 and the names of the checkpoints to stop early")
     return run_command(lambda: _run(args, args.names or checkpoint_names()))
 
 
@@ -49,6 +56,14 @@ def _run(args, names: list[str]) -> int:
     if args.write_params:
         for n in names:
             print(write_params(n))
+        return 0
+    if args.early:
+        for n in names:
+            folder = checkpoints_dir() / n / f"step{args.early}"
+            info = train_checkpoint(n, threads=args.threads, folder=folder, iterations=args.early,
+                                    output_dir=f"runs/early_runs/{n}_step{args.early}", resume=False)
+            print(f"{n} after {args.early} steps: {info['bytes'] / 1e6:.2f} MB, trained in "
+                  f"{info['train_seconds']:.0f} s -> {folder}", flush=True)
         return 0
     for n in names:
         t0 = time.perf_counter()

@@ -262,3 +262,28 @@ def test_the_checkpoints_readme_table_is_the_one_their_info_json_gives():
     table = text.split(ckt.TABLE_START, 1)[1].split(ckt.TABLE_END, 1)[0]
     assert table.strip() == ckt.readme_table().strip(), \
         "checkpoints/README.md is out of date: run python scripts/train_checkpoints.py --readme"
+
+
+def test_notebook_07_starts_from_rrsr_rec_seed0s_recipe_stopped_after_50_steps():
+    folder = SHIPPED / "rrsr_rec_seed0" / "step50"
+    info, full = ck.checkpoint_info("step50", folder.parent), ck.checkpoint_info("rrsr_rec_seed0")
+    assert info["architecture"] == full["architecture"] and info["spec"] == full["spec"]
+    assert info["recipe"] == full["recipe"] == ck.RECIPE_VERSION
+    assert info["iterations"] == info["overrides"]["iterations"] == 50 and full["iterations"] == 2000
+    assert (folder / "params.yaml").read_text() == (SHIPPED / "rrsr_rec_seed0" / "params.yaml").read_text()
+    assert (folder / "model.pt").stat().st_size <= 5_000_000
+    ck.load_checkpoint("step50", root=folder.parent)   # sha256 and frozen parts checked
+    defaults = load_params(ROOT / "notebooks" / "params" / "notebook_07.yaml")
+    assert defaults["init_weights"] == "checkpoints/rrsr_rec_seed0/step50"
+    # the data it fine-tunes on is the recipe's (only the optimizer and the number of steps differ)
+    recipe = load_params(SHIPPED / "rrsr_rec_seed0" / "params.yaml")
+    same = ("model", "model_config", "reciprocal", "reciprocal_weight", "warp_min_px", "warp_max_px",
+            "embedded_levels", "hr_patch", "lr_patch", "ref_size", "batch_size", "augment")
+    assert {k: defaults[k] for k in same} == {k: recipe[k] for k in same}
+
+
+def test_an_early_stop_needs_the_names_of_the_runs_to_stop():
+    import runpy
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "scripts" / "train_checkpoints.py"), run_name="not_main")["main"](["--early", "50"])
+    assert stop.value.code == 2
