@@ -6,7 +6,8 @@
 `make reproduce` runs it on every notebook it executed. Figures are embedded (base64 PNG). What would make
 two exports of the same results differ is left out or fixed: papermill's metadata and timings, the widget
 state with its random model ids (a static page cannot run an explorer; a note says so), cell ids (papermill
-gives its injected cell a random one) and this checkout's absolute path in printed text. A PNG figure over
+gives its injected cell a random one), this checkout's absolute path in printed text, and how the kernel
+happened to split consecutive prints into messages (they are joined). A PNG figure over
 200 kB (photographs, mostly) is embedded as a JPEG of quality 90 when that is smaller, which keeps each page
 under 2 MB. Each file is written through a temporary name and renamed.
 
@@ -77,12 +78,27 @@ def _clean_output(out) -> None:
             data[mime] = _clean_text(data[mime])
 
 
+def _joined_streams(outputs: list) -> list:
+    """``outputs`` with consecutive prints to the same stream joined into one output: how the kernel splits
+    them into messages depends on timing, so the same prints would otherwise render as one box or several."""
+    joined = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and joined and joined[-1].get("output_type") == "stream"
+                and joined[-1].get("name") == out.get("name")):
+            joined[-1]["text"] += out["text"]
+        else:
+            joined.append(out)
+    return joined
+
+
 def readable_copy(nb):
     """The notebook as readers see it, with nothing that changes between two runs of the same results."""
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_NOTEBOOK_METADATA}
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
         cell.metadata = {"tags": cell.metadata["tags"]} if cell.metadata.get("tags") else {}
+        if "outputs" in cell:
+            cell.outputs = _joined_streams(cell.outputs)
         for out in cell.get("outputs", []):
             _clean_output(out)
     return nb

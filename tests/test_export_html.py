@@ -11,12 +11,13 @@ export_html = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(export_html)
 
 
-def _executed(folder: Path, printed: str) -> Path:
-    """A small executed notebook whose one code cell printed ``printed``."""
+def _executed(folder: Path, printed: str | list[str]) -> Path:
+    """A small executed notebook whose one code cell printed ``printed`` (a list: one stream message each)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     cell = nbformat.v4.new_code_cell("print(result)")
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)]
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=t)
+                    for t in ([printed] if isinstance(printed, str) else printed)]
     nb.cells = [nbformat.v4.new_markdown_cell("# 99 · a test"), cell]
     path = folder / "99_test.ipynb"
     nbformat.write(nb, path)
@@ -48,3 +49,11 @@ def test_a_rerun_rewrites_a_page_only_when_something_other_than_its_printed_timi
         assert second.strip().encode() in after
     else:
         assert after == before, "an unchanged page keeps the bytes (and the timings) of the run that wrote it"
+
+
+def test_the_same_prints_split_into_other_messages_give_the_same_page(tmp_path):
+    lines = ["flow x in [-18, 27]\n", "torchvision: forward 0.17 s\n"]
+    one, _ = export_html.export(_executed(tmp_path, "".join(lines)), tmp_path / "one")
+    two, _ = export_html.export(_executed(tmp_path, lines), tmp_path / "two")
+    assert one.read_bytes() == two.read_bytes()
+    assert "flow x in [-18, 27]\ntorchvision: forward" in one.read_text()   # one box, as printed
