@@ -60,7 +60,7 @@ from .fast.deform_sampling import SampleModulateMultiply, sample_modulate_multip
 from .offsets import to_deform_offsets
 
 __all__ = ["DEFORM_PATHS", "deform_path", "get_deform_path", "resolve_path", "tap_positions", "sample_taps",
-           "deform_conv_sampling", "modulated_deform_conv", "AlignmentUnit"]
+           "deform_conv_sampling", "deform_conv_from_map", "modulated_deform_conv", "AlignmentUnit"]
 
 DEFORM_PATHS = ("auto", "torchvision", "sampling")
 # 3x3 kernel, taps k = 3*i + j (row-major), at (i - 1, j - 1) around the output position
@@ -206,6 +206,37 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     return multiply(*args).view(b, weight.shape[0], h, w)
 
 
+@torch.no_grad()
+def deform_conv_from_map(src: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same modulated deformable 3x3 convolution, sampling a map of another size than the output (inference).
+
+    src: [B, C, Hm, Wm], the map the taps read (rrsr_lib.reference_grid: a whole reference's texture, shared by
+    every LR tile); offset: [B, 2*9*G, H, W] and mask: [B, 9*G, H, W] on the output grid, tap k of output p
+    reading src at p + k_grid + offset_k(p) in src's pixels (zeros outside src); weight, bias as in
+    :func:`deform_conv_sampling`. Returns [B, Cout, H, W]. When Hm x Wm = H x W this is
+    :func:`deform_conv_sampling` up to float rounding: the grid is normalised by Hm - 1 and Wm - 1 instead of
+    padding src to 2^k + 1 rows and columns (which would copy a large reference at every call); only the
+    gradient at integer positions needed that padding, and this path computes none.
+    """
+    b, c, hm, wm = src.shape
+    h, w = offset.shape[2:]
+    if min(hm, wm) < 2 or offset.shape[0] != b or offset.shape[1] % (2 * TAPS) or mask.shape[0] != b:
+        raise InputError(f"deform_conv_from_map takes src [B, C, Hm >= 2, Wm >= 2] and offsets [B, 18G, H, W] of the "
+                         f"same B, got {tuple(src.shape)} and {tuple(offset.shape)}")
+    groups = offset.shape[1] // (2 * TAPS)
+    if c % groups or mask.shape[1:] != (TAPS * groups, h, w) or weight.shape[1:] != (c, KERNEL, KERNEL):
+        raise InputError(f"mask must be [B, {TAPS * groups}, {h}, {w}] and weight [Cout, {c}, 3, 3], "
+                         f"got {tuple(mask.shape)} and {tuple(weight.shape)}")
+    py, px = tap_positions(offset, h, w)
+    # grid_sample's align_corners=True coordinates on src itself: -1 is pixel 0, +1 is pixel Hm - 1 (Wm - 1)
+    grid = torch.stack((px * (2.0 / (wm - 1)) - 1.0, py * (2.0 / (hm - 1)) - 1.0), dim=-1).view(b, groups, TAPS * h, w, 2)
+    out = sample_modulate_multiply_no_grad(src.contiguous().view(b, groups, c // groups, hm, wm), grid,
+                                           mask.reshape(b, groups, 1, TAPS, h * w), weight.reshape(weight.shape[0], c * TAPS),
+                                           bias, hm, wm)
+    return out.view(b, weight.shape[0], h, w)
+
+
 def modulated_deform_conv(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
                           bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
     """Modulated deformable 3x3 convolution (stride 1, padding 1), by torchvision or by sampling.
@@ -279,12 +310,15 @@ class AlignmentUnit(nn.Module):
         return o[:, :n], torch.sigmoid(o[:, n:])
 
     def forward(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor, pre_offsets: torch.Tensor,
-                return_offsets: bool = False):
+                return_offsets: bool = False, sample_from: torch.Tensor | None = None):
         """Align ``ref_feat`` to ``lr_feat``.
 
         lr_feat: [B, lr_channels, H, W]; ref_feat: [B, ref_channels, H, W] (same canvas size);
         pre_offsets: matched offsets, either [B, 9, H, W, 2] with (x, y) last (rrsr_lib.offsets.pre_offsets)
         or already in DCN layout [B, 2*9*G, H, W] (rrsr_lib.offsets.to_deform_offsets).
+        sample_from: None (the taps read ``ref_feat``, the authors' case), or a [B, ref_channels, Hm, Wm] map of
+        any size that the taps read instead, the offsets then pointing into it (inference only:
+        rrsr_lib.reference_grid); ``ref_feat`` is then only what the offset convolutions see at each position.
         Returns aligned [B, ref_channels, H, W] (after LeakyReLU(0.1)); with ``return_offsets`` also a dict
         {"offset": total offsets [B, 18G, H, W], "residual": learned part, "mask": [B, 9G, H, W]}.
         """
@@ -303,7 +337,10 @@ class AlignmentUnit(nn.Module):
         residual, mask = self.residual_offsets_and_mask(lr_feat, ref_feat)
         # offsets = matched pre-offsets (repeated for every group) + learned residual
         offset = pre_offsets.to(residual.dtype) + residual
-        out = self.act(modulated_deform_conv(ref_feat, offset, mask, self.weight, self.bias, self.path))
+        if sample_from is None:
+            out = self.act(modulated_deform_conv(ref_feat, offset, mask, self.weight, self.bias, self.path))
+        else:
+            out = self.act(deform_conv_from_map(sample_from, offset, mask, self.weight, self.bias))
         if return_offsets:
             return out, {"offset": offset, "residual": residual, "mask": mask}
         return out

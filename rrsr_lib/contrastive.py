@@ -160,6 +160,13 @@ class ContrastiveFeatures(nn.Module):
     def forward(self, img_in: torch.Tensor, img_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.input_trunk(img_in), self.ref_trunk(img_ref)
 
+    # one side at a time (rrsr_lib.reference_grid encodes a reference once for many LR tiles)
+    def encode_input(self, img_in: torch.Tensor) -> torch.Tensor:
+        return self.input_trunk(img_in)
+
+    def encode_reference(self, img_ref: torch.Tensor) -> torch.Tensor:
+        return self.ref_trunk(img_ref)
+
     def freeze_leading(self, n: int) -> None:
         """Keep the first ``n`` modules of both trunks fixed (n=4: conv1_1 and conv1_2)."""
         for trunk in (self.input_trunk, self.ref_trunk):

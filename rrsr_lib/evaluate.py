@@ -59,21 +59,24 @@ class Bicubic(nn.Module):
         return torch.stack(out).to(lr.device)
 
 
-def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor, tile: int | None = None,
-                  overlap: int = 8, scale: int = 4, progress: bool = False) -> torch.Tensor:
+def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor | None, tile: int | None = None,
+                  overlap: int = 8, scale: int = 4, progress: bool = False, with_origin: bool = False) -> torch.Tensor:
     """Run ``model(lr_tile, ref)`` on overlapping LR tiles and stitch the SR tiles' centres.
 
     lr: (1,3,h,w) in [0,1]; ref: (1,3,Hr,Wr). tile: LR tile side in pixels (None: no tiling);
     overlap: LR pixels of context kept on each inner side of a tile and thrown away after.
     Returns (1,3,h*scale,w*scale). Every output pixel comes from the tile in which it lies furthest
-    from a cut, so the result equals the untiled one when ``overlap`` covers the model's receptive field.
-    ``progress``: a progress bar over the tiles (tqdm).
+    from a cut, so the result equals the untiled one when ``overlap`` covers the model's receptive field
+    (and the model is local: RRSR's selection pools are not, and each call pads the tile to the reference's
+    canvas; rrsr_lib.reference_grid avoids the second). ``progress``: a progress bar over the tiles (tqdm).
+    with_origin: call ``model(lr_tile, (y0, x0))``, the tile's top-left LR pixel, instead of
+    ``model(lr_tile, ref)`` (rrsr_lib.reference_grid.ReferenceGrid.restore).
     """
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise InputError(f"tiled_forward takes one image (1,3,h,w), got shape {tuple(lr.shape)}")
     h, w = lr.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
-        return model(lr, ref)
+        return model(lr, (0, 0) if with_origin else ref)
     if tile <= 2 * overlap:
         raise InputError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
     step = tile - 2 * overlap
@@ -84,7 +87,7 @@ def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor, tile: in
         y1, x1 = min(y0 + step, h), min(x0 + step, w)
         ty0, tx0 = max(0, y0 - overlap), max(0, x0 - overlap)
         ty1, tx1 = min(h, y1 + overlap), min(w, x1 + overlap)
-        sr = model(lr[..., ty0:ty1, tx0:tx1], ref)
+        sr = model(lr[..., ty0:ty1, tx0:tx1], (ty0, tx0) if with_origin else ref)
         out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
             sr[..., (y0 - ty0) * scale:(y1 - ty0) * scale, (x0 - tx0) * scale:(x1 - tx0) * scale]
     return out

@@ -48,7 +48,13 @@ class VGGMatchingFeatures(nn.Module):
         self.vgg = vgg
 
     def forward(self, lr_up: torch.Tensor, ref: torch.Tensor):
-        return self.vgg(lr_up)["relu3_1"], self.vgg(ref)["relu3_1"]
+        return self.encode_input(lr_up), self.encode_reference(ref)
+
+    def encode_input(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self.vgg(lr_up)["relu3_1"]
+
+    def encode_reference(self, ref: torch.Tensor) -> torch.Tensor:
+        return self.vgg(ref)["relu3_1"]
 
 
 class MatchingFrontEnd(nn.Module):
@@ -76,14 +82,29 @@ class MatchingFrontEnd(nn.Module):
 
     @torch.no_grad()
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> dict:
+        feat_in, feat_ref = self.features(self._upsample(lr), ref)
+        return self._offsets(feat_in, feat_ref)
+
+    @torch.no_grad()
+    def reference_features(self, ref: torch.Tensor) -> torch.Tensor:
+        """The reference's matching features alone, [B, C, Hr/4, Wr/4] (rrsr_lib.reference_grid: once per reference)."""
+        return self.features.encode_reference(ref)
+
+    @torch.no_grad()
+    def match(self, lr: torch.Tensor, feat_ref: torch.Tensor) -> dict:
+        """``forward`` for an LR image [B, 3, h, w] against reference features of any size (from
+        :meth:`reference_features`): the flow and offsets point into that reference."""
+        return self._offsets(self.features.encode_input(self._upsample(lr)), feat_ref)
+
+    def _upsample(self, lr: torch.Tensor) -> torch.Tensor:
         if self.lr_up == "pil":
             # the authors' data loader: LR_up = PIL bicubic x4 of the uint8 LR, stored as uint8 (RRSR.md); torch's
             # bicubic (a = -0.75) differs from it by up to 17 grey levels on the embedded pairs
-            lr_up = pil_bicubic_upsample(lr, 4)
-        else:
-            # legacy variant: torch's bicubic, clamped
-            lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        feat_in, feat_ref = self.features(lr_up, ref)
+            return pil_bicubic_upsample(lr, 4)
+        # legacy variant: torch's bicubic, clamped
+        return F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def _offsets(self, feat_in: torch.Tensor, feat_ref: torch.Tensor) -> dict:
         index, score = match_patches(feat_in, feat_ref, self.patch_size)
         # flow = matched top-left - own top-left, zero-padded back to h x w
         flow = flow_from_index(index, ref_grid_width=feat_ref.shape[3] - self.patch_size + 1, pad=self.patch_size - 1)

@@ -173,10 +173,11 @@ class Stage(nn.Module):
                 self.select = PlainHead(channels, ref_channels, channels)
         self.body = residual_stack(channels, blocks)
 
-    def forward(self, x, ref_feat=None, pre_offsets=None, valid=None, trace: list | None = None):
+    def forward(self, x, ref_feat=None, pre_offsets=None, valid=None, trace: list | None = None, sample_from=None):
+        # sample_from: see AlignmentUnit.forward (a whole reference's feature for an LR tile; None: ref_feat)
         h = x
         if self.uses_reference:
-            aligned, off = self.align(x, ref_feat, pre_offsets, return_offsets=True)
+            aligned, off = self.align(x, ref_feat, pre_offsets, return_offsets=True, sample_from=sample_from)
             h, gates = self.select(x, aligned, valid, return_gates=True)
             if trace is not None:
                 trace.append({**{k: v.detach() for k, v in off.items()}, **{k: v.detach() for k, v in gates.items()}})
@@ -318,7 +319,7 @@ class RRSR(nn.Module):
         return sr if self.training else sr.clamp(0, 1)
 
     def restore(self, lr: torch.Tensor, pre_offsets: dict, texture: dict, original_size: tuple[int, int] | None = None,
-                base: torch.Tensor | None = None, trace: dict | None = None) -> torch.Tensor:
+                base: torch.Tensor | None = None, trace: dict | None = None, sample_from: dict | None = None) -> torch.Tensor:
         """The restoration network alone, on a canvas: the authors' ``RestorationNet.forward``.
 
         lr: [B, 3, h, w] LR canvas in [0, 1]. pre_offsets: {1: ..., 2: ..., 4: ...} matched offsets per scale,
@@ -326,8 +327,10 @@ class RRSR(nn.Module):
         texture: VGG features of the reference canvas {"relu3_1": [B,256,h,w], "relu2_1": [B,128,2h,2w],
         "relu1_1": [B,64,4h,4w]}. original_size: (H, W) HR pixels of the unpadded region (the pools of the
         selection blocks at scale s cover H // (4/s) x W // (4/s)), None for the whole canvas. base: the
-        global residual [B, 3, 4h, 4w] (None: bilinear x4 of ``lr``, as the authors). Returns [B, 3, 4h, 4w],
-        unclamped, for the whole canvas.
+        global residual [B, 3, 4h, 4w] (None: bilinear x4 of ``lr``, as the authors). sample_from: None (the
+        authors' case), or texture maps of a whole reference, keyed like ``texture``, that the alignment units
+        sample instead, ``texture`` then being only the unaligned context of each position
+        (rrsr_lib.reference_grid, inference). Returns [B, 3, 4h, 4w], unclamped, for the whole canvas.
         """
         x = self.content(lr)
         for scale, stages, up in ((1, self.x1, self.up1), (2, self.x2, self.up2), (4, self.x4, None)):
@@ -335,8 +338,9 @@ class RRSR(nn.Module):
             # the authors' pools: original_size // 4 at x1, // 2 at x2, // 1 at x4
             valid = None if original_size is None else (original_size[0] // (4 // scale), original_size[1] // (4 // scale))
             stage_trace = [] if trace is not None else None
+            source = sample_from[TEXTURE[scale][0]] if sample_from is not None and ref_feat is not None else None
             for stage in stages:
-                x = stage(x, ref_feat, pre_offsets[scale], valid, stage_trace)
+                x = stage(x, ref_feat, pre_offsets[scale], valid, stage_trace, source)
             if trace is not None:
                 trace[f"x{scale}"] = stage_trace
             if up is not None:

@@ -97,8 +97,16 @@ def super_resolve(model, lr: np.ndarray, ref: np.ndarray, device, tile: int | No
     """SR of one uint8 LR image (h x w x 3) with a uint8 reference (any size): uint8 (4h x 4w x 3)."""
     from .degradation import to_tensor, to_uint8
     from .evaluate import tiled_forward
+    from .models import RRSR
+    from .reference_grid import reference_grid_forward
 
-    sr = tiled_forward(model, to_tensor(lr).to(device), to_tensor(ref).to(device), tile=tile, progress=progress)
+    lr_t, ref_t = to_tensor(lr).to(device), to_tensor(ref).to(device)
+    if tile is not None and isinstance(model, RRSR):
+        # RRSR in tiles: the reference's features once, every tile sampling them (memory of one tile + the
+        # reference's texture, not of the reference's canvas per tile; rrsr_lib.reference_grid)
+        sr = reference_grid_forward(model, lr_t, ref_t, tile=tile, progress=progress)
+    else:
+        sr = tiled_forward(model, lr_t, ref_t, tile=tile, progress=progress)
     return to_uint8(sr[0])
 
 
@@ -108,7 +116,8 @@ _SMALL_CALL_PX = 256 * 256
 
 def _plan_tiles(args, model, device, loaded) -> list[int | None]:
     """The LR tile of each image (None: whole), within --memory-mb; a large call's cost said before it starts."""
-    from .cost import default_budget_mb, measure_cost, plan_call
+    from .cost import default_budget_mb, measure_cost, measure_grid_cost, plan_call
+    from .models import RRSR
 
     small = all(16 * lr.shape[0] * lr.shape[1] <= _SMALL_CALL_PX and ref.shape[0] * ref.shape[1] <= _SMALL_CALL_PX
                 for _, lr, _, ref, _ in loaded)
@@ -116,10 +125,11 @@ def _plan_tiles(args, model, device, loaded) -> list[int | None]:
         return [args.tile] * len(loaded)
     budget = args.memory_mb if args.memory_mb is not None else default_budget_mb(device)
     cost = measure_cost(model, device)
+    tiled = measure_grid_cost(model, device) if isinstance(model, RRSR) else None
     tiles = []
     for name, lr, _, ref, _ in loaded:
         try:
-            plan = plan_call(cost, lr.shape[:2], ref.shape[:2], budget, args.tile)
+            plan = plan_call(cost, lr.shape[:2], ref.shape[:2], budget, args.tile, tiled=tiled)
         except InputError as exc:
             raise InputError(f"{name}: {exc}") from None
         if plan.tile is not None or plan.seconds > 10:

@@ -104,12 +104,16 @@ def test_the_command_says_the_cost_and_tiles_within_memory_mb(big_pair, rrsr, ca
     assert float(said.split("about ")[1].split(" MB")[0].replace(",", "")) <= 200, said
 
 
-def test_the_command_refuses_a_budget_the_reference_alone_exceeds(big_pair, capsys):
+@pytest.mark.parametrize("budget, message", [
+    # RRSR's tiles share one pass over the reference (rrsr_lib.reference_grid): about 8 MB for 112x96
+    ("5", "error: lr: the reference (112x96) alone needs about"),
+    ("20", "error: lr: even LR tiles of 24x24 need about")])
+def test_the_command_refuses_a_budget_too_small_for_the_reference_or_any_tile(big_pair, capsys, budget, message):
     out = big_pair / "out" / "sr.png"
     assert main(["--input", str(big_pair / "lr.png"), "--ref", str(big_pair / "ref.png"), "--out", str(out),
-                 "--memory-mb", "20"]) == 2
+                 "--memory-mb", budget]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: lr: the reference (112x96) alone needs about") and "budget of 20 MB" in err
+    assert err.startswith(message) and f"budget of {budget} MB" in err
     assert not out.parent.exists()
 
 

@@ -26,11 +26,16 @@ BAND_BYTES = 8 * 2 ** 20
 def sample_modulate_multiply_no_grad(x, grid, mask, w2, bias, hp, wp):
     """SampleModulateMultiply's forward where no gradient is wanted: the same samples, masks and matmul, a
     band of output rows at a time, so the columns never take more than about BAND_BYTES (and no samples are
-    kept for a backward pass). Arguments and result as SampleModulateMultiply.forward."""
-    b, g, cg, h, w = x.shape
-    # zero rows/columns up to 2^k + 1 (see rrsr_lib.alignment._sampling_grid)
-    xp = F.pad(x, (0, wp - w, 0, hp - h))
-    taps = mask.shape[3]
+    kept for a backward pass). Arguments and result as SampleModulateMultiply.forward, except that the map
+    ``x`` [B, G, Cg, Hx, Wx] may be larger or smaller than the output grid (H, W) given by ``grid`` and
+    ``mask`` (rrsr_lib.reference_grid samples a whole reference for a small LR tile); it is zero-padded to
+    Hp x Wp (the size ``grid`` is normalised by) when smaller."""
+    b, g, cg, hx, wx = x.shape
+    n, taps = mask.shape[-1], mask.shape[3]
+    w = grid.shape[3]
+    h = n // w
+    # zero rows/columns up to 2^k + 1 (see rrsr_lib.alignment._sampling_grid); none when the map has that size
+    xp = x if (hx, wx) == (hp, wp) else F.pad(x, (0, wp - wx, 0, hp - hx))
     out = xp.new_empty(b, w2.shape[0], h * w)
     rows = max(1, min(h, BAND_BYTES // (xp.element_size() * g * cg * taps * w)))
     grid_rows = grid.view(b, g, taps, h, w, 2)
