@@ -18,7 +18,8 @@ class DivergenceError(InputError):
 
 def run_command(body) -> int:
     """Run a command-line program's ``body()``: its return value (None = 0) is the exit status; an InputError
-    becomes one line ``error: <message>`` on stderr and exit status 2 (no traceback)."""
+    becomes one line ``error: <message>`` on stderr and exit status 2 (no traceback); Ctrl-C one line and
+    exit status 130 (outputs are written whole or not at all, so none is left half-written)."""
     import sys
 
     try:
@@ -26,3 +27,6 @@ def run_command(body) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the outputs finished before stay, nothing else was written", file=sys.stderr)
+        return 130

@@ -60,7 +60,8 @@ class Bicubic(nn.Module):
 
 
 def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor | None, tile: int | None = None,
-                  overlap: int = 8, scale: int = 4, progress: bool = False, with_origin: bool = False) -> torch.Tensor:
+                  overlap: int = 8, scale: int = 4, progress: bool = False, with_origin: bool = False,
+                  as_uint8: bool = False):
     """Run ``model(lr_tile, ref)`` on overlapping LR tiles and stitch the SR tiles' centres.
 
     lr: (1,3,h,w) in [0,1]; ref: (1,3,Hr,Wr). tile: LR tile side in pixels (None: no tiling);
@@ -70,17 +71,23 @@ def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor | None, t
     (and the model is local: RRSR's selection pools are not, and each call pads the tile to the reference's
     canvas; rrsr_lib.reference_grid avoids the second). ``progress``: a progress bar over the tiles (tqdm).
     with_origin: call ``model(lr_tile, (y0, x0))``, the tile's top-left LR pixel, instead of
-    ``model(lr_tile, ref)`` (rrsr_lib.reference_grid.ReferenceGrid.restore).
+    ``model(lr_tile, ref)`` (rrsr_lib.reference_grid.ReferenceGrid.restore). as_uint8: return the image as
+    uint8 (h*scale) x (w*scale) x 3 (:func:`rrsr_lib.degradation.to_uint8`), each tile converted as it comes:
+    the same bytes as converting the whole result, without its float copy (576 MB for an 8000x6000 output)
+    and the conversion's temporaries.
     """
+    from .degradation import to_uint8
+
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise InputError(f"tiled_forward takes one image (1,3,h,w), got shape {tuple(lr.shape)}")
     h, w = lr.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
-        return model(lr, (0, 0) if with_origin else ref)
+        sr = model(lr, (0, 0) if with_origin else ref)
+        return to_uint8(sr) if as_uint8 else sr
     if tile <= 2 * overlap:
         raise InputError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
     step = tile - 2 * overlap
-    out = lr.new_zeros(1, 3, h * scale, w * scale)
+    out = np.zeros((h * scale, w * scale, 3), np.uint8) if as_uint8 else lr.new_zeros(1, 3, h * scale, w * scale)
     corners = [(y0, x0) for y0 in range(0, h, step) for x0 in range(0, w, step)]
     for y0, x0 in tqdm(corners, desc="LR tiles", unit="tile", disable=not progress):
         # core region [y0, y1) x [x0, x1) is kept; the tile adds `overlap` of context around it
@@ -88,8 +95,11 @@ def tiled_forward(model: Callable, lr: torch.Tensor, ref: torch.Tensor | None, t
         ty0, tx0 = max(0, y0 - overlap), max(0, x0 - overlap)
         ty1, tx1 = min(h, y1 + overlap), min(w, x1 + overlap)
         sr = model(lr[..., ty0:ty1, tx0:tx1], (ty0, tx0) if with_origin else ref)
-        out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-            sr[..., (y0 - ty0) * scale:(y1 - ty0) * scale, (x0 - tx0) * scale:(x1 - tx0) * scale]
+        core = sr[..., (y0 - ty0) * scale:(y1 - ty0) * scale, (x0 - tx0) * scale:(x1 - tx0) * scale]
+        if as_uint8:
+            out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = to_uint8(core)
+        else:
+            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = core
     return out
 
 

@@ -52,6 +52,11 @@ class ReferenceGrid:
         if not isinstance(model, RRSR):
             raise InputError(f"the reference grid runs RRSR networks, got {type(model).__name__}; "
                              "tile other models with rrsr_lib.evaluate.tiled_forward")
+        features = model.matcher.features
+        if not (hasattr(features, "encode_input") and hasattr(features, "encode_reference")):
+            raise InputError(f"the matching features {type(features).__name__} cannot encode the reference alone: give "
+                             "them encode_input(lr_up) and encode_reference(ref) methods (as ContrastiveFeatures), "
+                             "or tile with rrsr_lib.evaluate.tiled_forward")
         if ref.dim() != 4 or ref.shape[0] != 1:
             raise InputError(f"the reference grid takes one reference (1, 3, Hr, Wr), got shape {tuple(ref.shape)}")
         self.model = model
@@ -93,14 +98,14 @@ class ReferenceGrid:
 
 
 def reference_grid_forward(model: RRSR, lr: torch.Tensor, ref: torch.Tensor, tile: int | None = None,
-                           overlap: int = 8, progress: bool = False) -> torch.Tensor:
+                           overlap: int = 8, progress: bool = False, as_uint8: bool = False):
     """SR of one LR image (1, 3, h, w) with a reference of any size, in LR tiles of ``tile`` pixels (None: one
     tile), the reference prepared once (:class:`ReferenceGrid`). Returns (1, 3, 4h, 4w) in [0, 1], stitched
     like :func:`rrsr_lib.evaluate.tiled_forward` (each output pixel from the tile where it lies furthest from
-    a cut; ``overlap`` LR pixels of context on each inner side)."""
+    a cut; ``overlap`` LR pixels of context on each inner side); with ``as_uint8`` an uint8 4h x 4w x 3 array
+    converted tile by tile (the memory of a large output: rrsr_lib.sr)."""
     from .evaluate import tiled_forward
 
     grid = ReferenceGrid(model, ref)
-    if tile is None:
-        return grid.restore(lr)
-    return tiled_forward(grid.restore, lr, None, tile=tile, overlap=overlap, progress=progress, with_origin=True)
+    return tiled_forward(grid.restore, lr, None, tile=tile, overlap=overlap, progress=progress, with_origin=True,
+                         as_uint8=as_uint8)

@@ -95,7 +95,7 @@ def load_job(src_path: Path, ref_path: Path, hr_mode: bool) -> tuple[np.ndarray,
 def super_resolve(model, lr: np.ndarray, ref: np.ndarray, device, tile: int | None = None,
                   progress: bool = False) -> np.ndarray:
     """SR of one uint8 LR image (h x w x 3) with a uint8 reference (any size): uint8 (4h x 4w x 3)."""
-    from .degradation import to_tensor, to_uint8
+    from .degradation import to_tensor
     from .evaluate import tiled_forward
     from .models import RRSR
     from .reference_grid import reference_grid_forward
@@ -104,10 +104,8 @@ def super_resolve(model, lr: np.ndarray, ref: np.ndarray, device, tile: int | No
     if tile is not None and isinstance(model, RRSR):
         # RRSR in tiles: the reference's features once, every tile sampling them (memory of one tile + the
         # reference's texture, not of the reference's canvas per tile; rrsr_lib.reference_grid)
-        sr = reference_grid_forward(model, lr_t, ref_t, tile=tile, progress=progress)
-    else:
-        sr = tiled_forward(model, lr_t, ref_t, tile=tile, progress=progress)
-    return to_uint8(sr[0])
+        return reference_grid_forward(model, lr_t, ref_t, tile=tile, progress=progress, as_uint8=True)
+    return tiled_forward(model, lr_t, ref_t, tile=tile, progress=progress, as_uint8=True)
 
 
 # a call this small runs whole without measuring its cost first (output and reference pixels, 256x256)

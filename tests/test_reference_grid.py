@@ -1,5 +1,7 @@
 """rrsr_lib.reference_grid: a reference prepared once, LR tiles sampling it; equal to the model's call where the
 canvas adds no padding, and a tile's memory no longer that of the reference's canvas."""
+import copy
+
 import pytest
 import torch
 
@@ -110,3 +112,25 @@ def test_only_rrsr_networks_and_one_reference_are_taken(rrsr, pair):
         ReferenceGrid(rrsr, pair[1].repeat(2, 1, 1, 1))
     with pytest.raises(InputError, match="h, w >= 3"):
         ReferenceGrid(rrsr, pair[1]).restore(pair[0][..., :2, :8])
+    other = copy.deepcopy(rrsr)
+    other.matcher.features = torch.nn.Identity()
+    with pytest.raises(InputError, match="cannot encode the reference alone"):
+        ReferenceGrid(other, pair[1])
+
+
+def test_stitching_as_uint8_gives_the_bytes_of_converting_the_whole_result(rrsr, pair):
+    from rrsr_lib.degradation import to_uint8
+    lr, ref = pair
+    whole = reference_grid_forward(rrsr, lr, ref, tile=20, overlap=6)
+    as_bytes = reference_grid_forward(rrsr, lr, ref, tile=20, overlap=6, as_uint8=True)
+    assert as_bytes.dtype.name == "uint8" and as_bytes.shape == (96, 128, 3)
+    assert (as_bytes == to_uint8(whole)).all()
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys):
+    from rrsr_lib.errors import run_command
+
+    def body():
+        raise KeyboardInterrupt
+    assert run_command(body) == 130
+    assert capsys.readouterr().err.startswith("interrupted:")
