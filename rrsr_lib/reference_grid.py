@@ -17,10 +17,10 @@ features. Then, for each LR tile (with ``overlap`` pixels of context, stitched l
    reference feature at the same position) is the reference at that position in the whole image's
    coordinates: the texture cut at the tile's place.
 
-Memory: the reference's texture (about 450 bytes per reference pixel) + one tile's network, whatever the image
-size. With one tile covering an LR image exactly a quarter of the reference's size (no padding anywhere) the
-result is ``model(lr, ref)``'s up to float rounding (tests/test_reference_grid.py). Otherwise it differs from
-the whole-image call, like any tiling, where the authors' network is not local: the selection blocks' pools
+Memory: the reference's texture and matching features (about 520 bytes per reference pixel) + one tile's
+network, whatever the image size. With one tile covering an LR image exactly a quarter of the reference's size
+(no padding anywhere) the result is ``model(lr, ref)``'s up to float rounding (tests/test_reference_grid.py).
+Otherwise it differs from the whole-image call, like any tiling, where the authors' network is not local: the selection blocks' pools
 average over one tile, and the seams get only ``overlap`` pixels of context. Two deviations from the
 whole-image canvas when the LR image is larger than a quarter of the reference: matches are searched in the
 reference only, not in the zero padding the canvas would add to it, and the unaligned context beyond the
