@@ -102,10 +102,14 @@ def resolve_path(path: str, device: torch.device) -> str:
     return path
 
 
-def _check(x, offset, mask, weight, bias):
+def _check(x, offset, mask, weight, bias, any_size: bool = False):
+    """The number of deformable groups G, after checking the shapes (``any_size``: the output grid, given by
+    ``offset``, may differ from the input's H x W: :func:`deform_conv_from_map`)."""
     if x.dim() != 4:
         raise InputError(f"the deformable convolution's input must be [B, C, H, W], got {tuple(x.shape)}")
     b, c, h, w = x.shape
+    if any_size and offset.dim() == 4:
+        h, w = offset.shape[2:]
     if weight.dim() != 4 or weight.shape[1] != c or weight.shape[2:] != (KERNEL, KERNEL):
         raise InputError(f"weight must be [Cout, {c}, 3, 3] for an input with {c} channels, got {tuple(weight.shape)}")
     if offset.dim() != 4 or offset.shape[0] != b or offset.shape[2:] != (h, w) or offset.shape[1] % (2 * TAPS):
@@ -149,14 +153,18 @@ def _exact_size(n: int) -> int:
 
 def _tap_grid(offset: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:
     """grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps on the map zero-padded to Hp x Wp, and Hp, Wp."""
-    b = offset.shape[0]
-    g = offset.shape[1] // (2 * TAPS)
-    py, px = tap_positions(offset, height, width)
     hp, wp = _exact_size(height), _exact_size(width)
-    # grid_sample's align_corners=True coordinates: -1 is pixel 0, +1 is pixel size-1;
     # g = p * 2 / (size - 1) - 1 is exact for integer p because size - 1 is a power of two
-    grid = torch.stack((px * (2.0 / (wp - 1)) - 1.0, py * (2.0 / (hp - 1)) - 1.0), dim=-1)
-    return grid.view(b, g, TAPS * height, width, 2), hp, wp
+    return _grid_on(offset, hp, wp), hp, wp
+
+
+def _grid_on(offset: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
+    """grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps of every output of ``offset`` [B, 18G, H, W], on a map
+    of Hm x Wm pixels (align_corners=True coordinates: -1 is pixel 0, +1 is pixel Hm - 1 or Wm - 1)."""
+    b, ch, h, w = offset.shape
+    py, px = tap_positions(offset, h, w)
+    grid = torch.stack((px * (2.0 / (wm - 1)) - 1.0, py * (2.0 / (hm - 1)) - 1.0), dim=-1)
+    return grid.view(b, ch // (2 * TAPS), TAPS * h, w, 2)
 
 
 def _sampling_grid(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,18 +227,13 @@ def deform_conv_from_map(src: torch.Tensor, offset: torch.Tensor, mask: torch.Te
     padding src to 2^k + 1 rows and columns (which would copy a large reference at every call); only the
     gradient at integer positions needed that padding, and this path computes none.
     """
+    groups = _check(src, offset, mask, weight, bias, any_size=True)
     b, c, hm, wm = src.shape
     h, w = offset.shape[2:]
-    if min(hm, wm) < 2 or offset.shape[0] != b or offset.shape[1] % (2 * TAPS) or mask.shape[0] != b:
-        raise InputError(f"deform_conv_from_map takes src [B, C, Hm >= 2, Wm >= 2] and offsets [B, 18G, H, W] of the "
-                         f"same B, got {tuple(src.shape)} and {tuple(offset.shape)}")
-    groups = offset.shape[1] // (2 * TAPS)
-    if c % groups or mask.shape[1:] != (TAPS * groups, h, w) or weight.shape[1:] != (c, KERNEL, KERNEL):
-        raise InputError(f"mask must be [B, {TAPS * groups}, {h}, {w}] and weight [Cout, {c}, 3, 3], "
-                         f"got {tuple(mask.shape)} and {tuple(weight.shape)}")
-    py, px = tap_positions(offset, h, w)
-    # grid_sample's align_corners=True coordinates on src itself: -1 is pixel 0, +1 is pixel Hm - 1 (Wm - 1)
-    grid = torch.stack((px * (2.0 / (wm - 1)) - 1.0, py * (2.0 / (hm - 1)) - 1.0), dim=-1).view(b, groups, TAPS * h, w, 2)
+    if min(hm, wm) < 2:
+        raise InputError(f"deform_conv_from_map samples a map of at least 2 x 2, got {tuple(src.shape)}")
+    # the grid on src itself, no padding
+    grid = _grid_on(offset, hm, wm)
     out = sample_modulate_multiply_no_grad(src.contiguous().view(b, groups, c // groups, hm, wm), grid,
                                            mask.reshape(b, groups, 1, TAPS, h * w), weight.reshape(weight.shape[0], c * TAPS),
                                            bias, hm, wm)

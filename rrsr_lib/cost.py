@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .errors import InputError
+from .matching import MATCH_BUDGET_MB
 
 __all__ = ["LiveTensorBytes", "CallCost", "measure_cost", "GridCost", "measure_grid_cost", "default_budget_mb",
            "plan_call", "Plan"]
@@ -165,19 +166,12 @@ class GridCost:
         c, a, b = self.tile_mb
         # what a tile adds in proportion to the reference is the blocked matcher's work, which it keeps under
         # its memory budget (rrsr_lib.matching.match_patches): the probes only see it growing
-        return max(self.ref_mb(ref_px), self.keep_mb * ref_px + c + a * tile_out_px + min(b * ref_px, _match_budget_mb()))
+        return max(self.ref_mb(ref_px), self.keep_mb * ref_px + c + a * tile_out_px + min(b * ref_px, MATCH_BUDGET_MB))
 
     def time_s(self, tile_out_px: float, ref_px: float, tiles: int) -> float:
         c, a, b, m = self.tile_s
         tile = c + a * tile_out_px + b * ref_px + m * tile_out_px * ref_px
         return self.prep_s[0] + self.prep_s[1] * ref_px + tiles * tile
-
-
-def _match_budget_mb() -> float:
-    import inspect
-
-    from .matching import match_patches
-    return float(inspect.signature(match_patches).parameters["memory_budget_mb"].default)
 
 
 _measured_grid: "weakref.WeakKeyDictionary[torch.nn.Module, GridCost]" = weakref.WeakKeyDictionary()

@@ -34,6 +34,8 @@ __all__ = ["NORM_EPS", "normalize_pixels", "match_patches_naive", "match_patches
 
 # the authors add 1e-5 to every patch norm before dividing by it
 NORM_EPS = 1e-5
+# the extra memory (MiB) the exact matcher allows itself by default, at any image size
+MATCH_BUDGET_MB = 512
 _MIB = 1024 * 1024
 
 
@@ -122,7 +124,7 @@ def match_patches_naive(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_
 # ----------------------------------------------------------------------------------------------
 
 def match_patches(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: int = 3, padding: str = "valid",
-                  memory_budget_mb: float = 512, plan: BlockPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  memory_budget_mb: float = MATCH_BUDGET_MB, plan: BlockPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-1 patch matching by cosine similarity, fast and with bounded memory.
 
     Same definition and outputs as :func:`match_patches_naive` (indices equal up to ties, scores to
@@ -164,7 +166,7 @@ def _shift_sum(s: torch.Tensor, k: int, by: int, bx: int, bv: int, bu: int) -> t
 
 def match_coarse_to_fine(feat_input: torch.Tensor, feat_ref: torch.Tensor, patch_size: int = 3,
                          padding: str = "valid", block: int = 8, radius: int = 4, ref_scale: int = 2,
-                         memory_budget_mb: float = 512) -> tuple[torch.Tensor, torch.Tensor]:
+                         memory_budget_mb: float = MATCH_BUDGET_MB) -> tuple[torch.Tensor, torch.Tensor]:
     """Approximate top-1 matching: block centres matched at a coarse scale, then a dense search in a window.
 
     MASA-SR's coarse-to-fine scheme: the input's patch grid is cut into ``block`` x ``block`` blocks;

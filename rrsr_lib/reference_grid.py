@@ -20,8 +20,8 @@ features. Then, for each LR tile (with ``overlap`` pixels of context, stitched l
 Memory: the reference's texture and matching features (about 520 bytes per reference pixel) + one tile's
 network, whatever the image size. With one tile covering an LR image exactly a quarter of the reference's size
 (no padding anywhere) the result is ``model(lr, ref)``'s up to float rounding (tests/test_reference_grid.py).
-Otherwise it differs from the whole-image call, like any tiling, where the authors' network is not local: the selection blocks' pools
-average over one tile, and the seams get only ``overlap`` pixels of context. Two deviations from the
+Otherwise it differs from the whole-image call, like any tiling, where the authors' network is not local: the
+selection blocks' pools average over one tile, and the seams get only ``overlap`` pixels of context. Two deviations from the
 whole-image canvas when the LR image is larger than a quarter of the reference: matches are searched in the
 reference only, not in the zero padding the canvas would add to it, and the unaligned context beyond the
 reference is zero where the canvas has the VGG features of zero pixels.
@@ -66,7 +66,7 @@ class ReferenceGrid:
         ref_c = F.pad(ref, (0, 4 * wc - ref.shape[3], 0, 4 * hc - ref.shape[2]))
         self.canvas = (hc, wc)
         # matching features first (1/16 of the pixels, 256 channels): the texture's full-resolution maps then
-        # never coexist with the matching trunk's (peak 3.2 GB instead of 4.4 GB for a 2000x1500 reference)
+        # never coexist with the matching trunk's (peak 3.3-3.4 GB instead of 4.4 GB for a 2000x1500 reference)
         self.matching = model.matcher.reference_features(ref_c)
         self.texture = model.texture(ref_c)
 
