@@ -14,7 +14,9 @@ be reached; the targets are 1.8x (small configuration, LR 80x60, Ref 320x240: th
 
 Each call is timed with both deformable-convolution paths (rrsr_lib.alignment.deform_path): "sampling", the
 path inference uses, and "torchvision" (torchvision.ops.deform_conv2d) as the baseline measured beside it,
-alternately, median of --repeats after one warm-up. Writes results/inference_benchmark.json (atomically).
+alternately, median of --repeats after one warm-up, with glibc keeping freed memory
+(rrsr_lib.fast.memory.keep_freed_cpu_memory, as ``python -m rrsr_lib.sr`` does for whole images).
+Writes results/inference_benchmark.json (atomically).
 A busy machine (default threads against one thread beside a CPU-bound process) is benchmarks/contention.py.
 
     .venv/bin/python benchmarks/inference.py                      # both configurations, 3 repeats
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from rrsr_lib.alignment import deform_path  # noqa: E402
 from rrsr_lib.checkpoints import frozen_prefixes, load_checkpoint  # noqa: E402
 from rrsr_lib.evaluate import write_json  # noqa: E402
+from rrsr_lib.fast.memory import keep_freed_cpu_memory  # noqa: E402
 from rrsr_lib.model_counts import count_macs  # noqa: E402
 from rrsr_lib.models import build_model  # noqa: E402
 from scripts.performance_table import update_performance  # noqa: E402
@@ -114,7 +117,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "results" / "inference_benchmark.json"))
     args = ap.parse_args(argv)
-    result = {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    # as python -m rrsr_lib.sr does for whole-image CPU calls: freed blocks reused, no page faults per call
+    kept = keep_freed_cpu_memory()
+    result = {"keep_freed_cpu_memory": kept, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "load_before": os.getloadavg(), "configs": {}}
     for name in args.configs:
         row = bench_config(name, args.repeats)

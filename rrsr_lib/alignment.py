@@ -162,9 +162,26 @@ def _grid_on(offset: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
     """grid_sample's grid [B, G, 9*H, W, 2] for the 9 taps of every output of ``offset`` [B, 18G, H, W], on a map
     of Hm x Wm pixels (align_corners=True coordinates: -1 is pixel 0, +1 is pixel Hm - 1 or Wm - 1)."""
     b, ch, h, w = offset.shape
-    py, px = tap_positions(offset, h, w)
-    grid = torch.stack((px * (2.0 / (wm - 1)) - 1.0, py * (2.0 / (hm - 1)) - 1.0), dim=-1)
-    return grid.view(b, ch // (2 * TAPS), TAPS * h, w, 2)
+    if ch % (2 * TAPS):
+        raise InputError(f"offset must be [B, 18*G, {h}, {w}], got {tuple(offset.shape)}")
+    g = ch // (2 * TAPS)
+    off = offset.view(b, g, TAPS, 2, h, w)
+    dt, dev = offset.dtype, offset.device
+    sx, sy = 2.0 / (wm - 1), 2.0 / (hm - 1)
+    tap_i = torch.arange(KERNEL, dtype=dt, device=dev).repeat_interleave(KERNEL) - 1   # i - 1 of tap k
+    tap_j = torch.arange(KERNEL, dtype=dt, device=dev).repeat(KERNEL) - 1              # j - 1 of tap k
+    # where tap k of output (y, x) sits without offset, normalised: (x + j - 1) * 2 / (Wm - 1) - 1 (and y)
+    base_x = ((torch.arange(w, dtype=dt, device=dev) + tap_j.view(TAPS, 1)) * sx - 1.0).view(1, 1, TAPS, 1, w)
+    base_y = ((torch.arange(h, dtype=dt, device=dev) + tap_i.view(TAPS, 1)) * sy - 1.0).view(1, 1, TAPS, h, 1)
+    # grid = base + offset * scale, written straight into the interleaved (x, y) layout: one pass per coordinate
+    # instead of tap_positions' map-sized temporaries and a stack (same numbers up to float rounding)
+    if torch.is_grad_enabled() and offset.requires_grad:   # out= has no autograd: the same sums, stacked
+        grid = torch.stack((torch.add(base_x, off[:, :, :, 1], alpha=sx), torch.add(base_y, off[:, :, :, 0], alpha=sy)), -1)
+    else:
+        grid = offset.new_empty(b, g, TAPS, h, w, 2)
+        torch.add(base_x, off[:, :, :, 1], alpha=sx, out=grid[..., 0])
+        torch.add(base_y, off[:, :, :, 0], alpha=sy, out=grid[..., 1])
+    return grid.view(b, g, TAPS * h, w, 2)
 
 
 def _sampling_grid(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,10 +222,14 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     """
     groups = _check(x, offset, mask, weight, bias)
     b, c, h, w = x.shape
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias))
+    if not wants_grad and min(h, w) >= 2:
+        # inference: no gradient at integer positions to keep exact, so no 2^k + 1 padding (a copy of the map
+        # into a canvas up to 4x its size): the same sum, up to float rounding (tested)
+        return deform_conv_from_map(x, offset, mask, weight, bias)
     grid, hp, wp = _tap_grid(offset, h, w)
     args = (x.contiguous().view(b, groups, c // groups, h, w), grid, mask.reshape(b, groups, 1, TAPS, h * w),
             weight.reshape(weight.shape[0], c * TAPS), bias, hp, wp)
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias))
     # the same numbers either way (tested); without gradients the columns are made a band of rows at a time
     multiply = SampleModulateMultiply.apply if wants_grad else sample_modulate_multiply_no_grad
     return multiply(*args).view(b, weight.shape[0], h, w)

@@ -160,7 +160,7 @@ def _run(args) -> None:
     """The command's work, on parsed arguments; raises InputError for anything bad."""
     from .checkpoints import checkpoint_names
     from .degradation import upsample_lr
-    from .device import pick_device
+    from .device import keep_freed_cpu_memory, pick_device
     from .images import MIN_LR_PATCH, save_png
     from .metrics import psnr, ssim
 
@@ -179,6 +179,11 @@ def _run(args) -> None:
     device = pick_device(args.device)
     model, label = _load_model(args, device)
     tiles = _plan_tiles(args, model, device, loaded)
+    if device.type == "cpu" and all(t is None for t in tiles):
+        # whole-image calls: glibc keeps freed blocks for the next ones instead of mapping and zeroing them again
+        # (a fifth of a small call went to page faults; benchmarks/inference.py). Tiled calls keep glibc's
+        # default, under which their memory budget was measured.
+        keep_freed_cpu_memory()
     t0, scores = time.perf_counter(), []
     for (name, lr, hr, ref, out_path), tile in tqdm(list(zip(loaded, tiles)), desc=f"{label}", unit="image",
                                                     disable=len(loaded) < 2):

@@ -219,10 +219,26 @@ def test_sample_taps_then_one_matmul_is_the_sampling_path():
 @pytest.mark.parametrize("band_bytes", [1, 4096, 2 ** 30])
 def test_without_gradients_the_row_bands_give_the_numbers_of_the_autograd_path(monkeypatch, band_bytes):
     from rrsr_lib.fast import deform_sampling
-    args = [t.detach().float() for t in _case(2, 16, 11, 13, groups=4)]
-    with_grad = deform_conv_sampling(*[t.clone().requires_grad_() for t in args])   # SampleModulateMultiply
+    x, offset, mask, weight, bias = [t.detach().float() for t in _case(2, 16, 11, 13, groups=4)]
+    grid, hp, wp = alignment._tap_grid(offset, 11, 13)
+    args = (x.view(2, 4, 4, 11, 13), grid, mask.reshape(2, 4, 1, 9, 143), weight.reshape(weight.shape[0], 144), bias, hp, wp)
+    with_grad = deform_sampling.SampleModulateMultiply.apply(*[t.clone().requires_grad_() if torch.is_tensor(t) else t
+                                                               for t in args])
     monkeypatch.setattr(deform_sampling, "BAND_BYTES", band_bytes)   # 1 row, a few rows, the whole map per band
-    with torch.no_grad():
-        banded = deform_conv_sampling(*args)
+    banded = deform_sampling.sample_modulate_multiply_no_grad(*args)
     assert with_grad.grad_fn is not None and banded.grad_fn is None
     assert torch.equal(banded, with_grad.detach())
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_inference_without_the_padding_gives_the_numbers_of_the_autograd_path(dtype, tol):
+    # no_grad skips the 2^k + 1 canvas (deform_conv_from_map on the map itself): equal up to float rounding,
+    # offsets reaching outside the map included
+    x, offset, mask, weight, bias = [t.detach().to(dtype) for t in _case(2, 16, 11, 13, groups=4)]
+    offset = offset * 4
+    with_grad = deform_conv_sampling(x.clone().requires_grad_(), offset, mask, weight, bias)
+    with torch.no_grad():
+        fast = deform_conv_sampling(x, offset, mask, weight, bias)
+    assert with_grad.grad_fn is not None and fast.grad_fn is None
+    torch.testing.assert_close(fast, with_grad.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(fast, deform_conv2d(x, offset, weight, bias, padding=1, mask=mask), rtol=tol, atol=tol)
