@@ -218,7 +218,8 @@ def deform_conv_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tens
     padding=1, mask=mask)`` (to float rounding; gradients too, see the module docstring).
     Written out for one sample: cols = sample_taps(x, offset) * mask (per group and tap), then
     out = weight.view(Cout, C*9) @ cols; :class:`rrsr_lib.fast.deform_sampling.SampleModulateMultiply` does
-    exactly that, sample by sample, with a hand-written backward pass.
+    exactly that, sample by sample, with a hand-written backward pass. Without gradients the call goes to
+    :func:`deform_conv_from_map` on x itself (no 2^k + 1 canvas), which equals it up to float rounding.
     """
     groups = _check(x, offset, mask, weight, bias)
     b, c, h, w = x.shape
@@ -243,10 +244,11 @@ def deform_conv_from_map(src: torch.Tensor, offset: torch.Tensor, mask: torch.Te
     src: [B, C, Hm, Wm], the map the taps read (rrsr_lib.reference_grid: a whole reference's texture, shared by
     every LR tile); offset: [B, 2*9*G, H, W] and mask: [B, 9*G, H, W] on the output grid, tap k of output p
     reading src at p + k_grid + offset_k(p) in src's pixels (zeros outside src); weight, bias as in
-    :func:`deform_conv_sampling`. Returns [B, Cout, H, W]. When Hm x Wm = H x W this is
-    :func:`deform_conv_sampling` up to float rounding: the grid is normalised by Hm - 1 and Wm - 1 instead of
-    padding src to 2^k + 1 rows and columns (which would copy a large reference at every call); only the
-    gradient at integer positions needed that padding, and this path computes none.
+    :func:`deform_conv_sampling`. Returns [B, Cout, H, W]. When Hm x Wm = H x W this is the autograd path of
+    :func:`deform_conv_sampling` up to float rounding (and what that function runs without gradients): the grid
+    is normalised by Hm - 1 and Wm - 1 instead of padding src to 2^k + 1 rows and columns (a copy of the map, up
+    to 4x its size, at every call); only the gradient at integer positions needs that padding, and this path
+    computes none.
     """
     groups = _check(src, offset, mask, weight, bias, any_size=True)
     b, c, hm, wm = src.shape
