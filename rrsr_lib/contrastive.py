@@ -41,7 +41,7 @@ from torch import nn
 
 from .errors import InputError
 from .files import atomic_write_bytes
-from .vgg import IMAGENET_MEAN, IMAGENET_STD, cpu_inference_layout
+from .vgg import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ContrastiveConfig", "PAPER_CONFIG", "CPU_CONFIG", "ContrastiveTrunk", "ContrastiveFeatures",
            "correspondences", "margin_loss", "distillation_loss", "save_weights", "load_weights", "load_contrastive",
@@ -143,7 +143,7 @@ class ContrastiveTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise InputError(f"the matching trunk expects (B, 3, H, W) RGB in [0, 1], got {tuple(x.shape)}")
-        return self.body(cpu_inference_layout((x - self.mean) / self.std)).contiguous()
+        return self.body((x - self.mean) / self.std)
 
 
 class ContrastiveFeatures(nn.Module):

@@ -205,23 +205,10 @@ class VGGFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise InputError(f"VGGFeatures expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
-        h = cpu_inference_layout((x - self.mean) / self.std if self.normalize else x)
+        h = (x - self.mean) / self.std if self.normalize else x
         out = {}
         for i, layer in enumerate(self.body):
             h = layer(h)
             if i in self._stop:
-                out[self._stop[i]] = h.contiguous()
+                out[self._stop[i]] = h
         return out
-
-
-def cpu_inference_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` channels-last when it is a CPU tensor and no gradient is being recorded, else ``x`` itself.
-
-    The convolution trunks (this VGG, rrsr_lib.contrastive's matching trunks) run their layers on it and hand back
-    ordinary (contiguous) tensors: oneDNN's CPU convolutions of these shapes are about 1.25x faster channels-last
-    (issue 20, 1 thread, 320x240); the numbers are the same up to float rounding. Training keeps the default
-    layout, whose backward pass is what the training benchmarks measured.
-    """
-    if x.device.type == "cpu" and not torch.is_grad_enabled():
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
