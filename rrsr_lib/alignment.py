@@ -124,6 +124,13 @@ def _check(x, offset, mask, weight, bias, any_size: bool = False):
     return groups
 
 
+def _tap_rows_cols(dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i - 1, j - 1) of the 9 taps k = 3*i + j: two [9] tensors, the 3x3 kernel's row and column offsets."""
+    tap_i = torch.arange(KERNEL, dtype=dtype, device=device).repeat_interleave(KERNEL) - 1
+    tap_j = torch.arange(KERNEL, dtype=dtype, device=device).repeat(KERNEL) - 1
+    return tap_i, tap_j
+
+
 def tap_positions(offset: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each tap samples: absolute (y, x) pixel coordinates in the input map.
 
@@ -137,8 +144,7 @@ def tap_positions(offset: torch.Tensor, height: int, width: int) -> tuple[torch.
     g = ch // (2 * TAPS)
     off = offset.view(b, g, TAPS, 2, h, w)
     dt, dev = offset.dtype, offset.device
-    tap_i = torch.arange(KERNEL, dtype=dt, device=dev).repeat_interleave(KERNEL) - 1   # i - 1 of tap k
-    tap_j = torch.arange(KERNEL, dtype=dt, device=dev).repeat(KERNEL) - 1              # j - 1 of tap k
+    tap_i, tap_j = _tap_rows_cols(dt, dev)
     ys = torch.arange(h, dtype=dt, device=dev).view(1, 1, 1, h, 1)
     xs = torch.arange(w, dtype=dt, device=dev).view(1, 1, 1, 1, w)
     py = ys + tap_i.view(1, 1, TAPS, 1, 1) + off[:, :, :, 0]
@@ -168,8 +174,7 @@ def _grid_on(offset: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
     off = offset.view(b, g, TAPS, 2, h, w)
     dt, dev = offset.dtype, offset.device
     sx, sy = 2.0 / (wm - 1), 2.0 / (hm - 1)
-    tap_i = torch.arange(KERNEL, dtype=dt, device=dev).repeat_interleave(KERNEL) - 1   # i - 1 of tap k
-    tap_j = torch.arange(KERNEL, dtype=dt, device=dev).repeat(KERNEL) - 1              # j - 1 of tap k
+    tap_i, tap_j = _tap_rows_cols(dt, dev)
     # where tap k of output (y, x) sits without offset, normalised: (x + j - 1) * 2 / (Wm - 1) - 1 (and y)
     base_x = ((torch.arange(w, dtype=dt, device=dev) + tap_j.view(TAPS, 1)) * sx - 1.0).view(1, 1, TAPS, 1, w)
     base_y = ((torch.arange(h, dtype=dt, device=dev) + tap_i.view(TAPS, 1)) * sy - 1.0).view(1, 1, TAPS, h, 1)
