@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ __all__ = ["atomic_output", "atomic_write_text", "atomic_write_bytes", "atomic_t
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+    # unique per writer (process id and a random part), so that two processes writing the same file at once
+    # (two notebooks, parallel test workers) never rename or remove each other's half-written copy
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rrsr_lib.errors import InputError
-from rrsr_lib.files import atomic_torch_save, atomic_write_text, load_tensors, sha256_file
+from rrsr_lib.files import atomic_output, atomic_torch_save, atomic_write_text, load_tensors, sha256_file
 
 
 class _RunsCode:
@@ -23,6 +23,20 @@ def _write(path, data: bytes):
 def test_a_file_of_tensors_loads(tmp_path):
     atomic_torch_save({"w": torch.arange(3)}, tmp_path / "ok.pt")
     assert torch.equal(load_tensors(tmp_path / "ok.pt", "weights", "fix it")["w"], torch.arange(3))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_two_writers_of_one_file_at_once_both_finish_and_the_last_one_wins(tmp_path):
+    # two processes (two notebooks, two test workers) may write the same results file at the same time: each
+    # writes its own temporary copy, so neither renames or removes the other's
+    path = tmp_path / "result.json"
+    with atomic_output(path) as first:
+        first.write_text("first")
+        with atomic_output(path) as second:
+            assert second != first
+            second.write_text("second")
+        assert path.read_text() == "second" and first.read_text() == "first"
+    assert path.read_text() == "first"
     assert not list(tmp_path.glob(".*.tmp"))
 
 
