@@ -32,7 +32,8 @@ from rrsr_lib.train_params import load_params  # noqa: E402
 TRIALS = ROOT / "results" / "recipe_trials"
 RUNS = ROOT / "runs" / "trials"
 OUT = ROOT / "results" / "recipe_trials.json"
-# the single-image trial every RRSR trial is compared with (the reference's worth: rrsr - sisr)
+# the single-image trial an RRSR trial is compared with (the reference's worth: rrsr - sisr) when it has no twin
+# trained the same way (rrsr_plain_hr64_4k -> sisr_plain_hr64_4k)
 SISR = "sisr_rec_hr64"
 HEADER = {
     "what": "recipe trials for retraining the shipped networks (issue 21): each trained with python -m rrsr_lib.train "
@@ -103,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in out["runs"].items():
         if name != "bicubic":
             gains[f"{name} - bicubic"] = run["psnr_y"] - bicubic
-        if name.startswith("rrsr") and SISR in out["runs"]:
-            gains[f"{name} - {SISR}"] = run["psnr_y"] - out["runs"][SISR]["psnr_y"]
+        # the single-image trial trained the same way (rrsr_X -> sisr_X), else the first one (SISR)
+        twin = "sisr" + name[len("rrsr"):] if name.startswith("rrsr") else None
+        twin = twin if twin in out["runs"] else SISR
+        if name.startswith("rrsr") and twin in out["runs"]:
+            gains[f"{name} - {twin}"] = run["psnr_y"] - out["runs"][twin]["psnr_y"]
     out["gains_db"] = gains
     write_json(out, OUT)
     print(json.dumps({k: round(v, 3) for k, v in gains.items()}, indent=1))

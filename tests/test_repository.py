@@ -280,3 +280,20 @@ def test_notebook_08_writes_the_committed_tables_only_from_the_full_run(override
     else:
         with pytest.raises(InputError, match="write_results.*only with checkpoints='all', pairs=10, window=0"):
             exec("".join(code[2]["source"]), ns)
+
+
+def test_the_reference_ceiling_swaps_only_the_reference():
+    # scripts/reference_ceiling.py: "hr" gives the ground truth as the reference, "bicubic" the input enlarged x4
+    # (the same size as the HR, in [0, 1]), "pair" the real other view; the input and HR never change
+    from rrsr_lib.data import EmbeddedTestPairs
+
+    tool = _script("reference_ceiling")
+    base = EmbeddedTestPairs(pairs=["aloe"])
+    item = base[0]
+    pair, hr, bic = (tool.SwappedReference(base, r)[0] for r in ("pair", "hr", "bicubic"))
+    assert torch.equal(pair["ref"], item["ref"]) and torch.equal(hr["ref"], item["hr"])
+    assert bic["ref"].shape == item["hr"].shape and 0 <= float(bic["ref"].min()) and float(bic["ref"].max()) <= 1
+    assert not torch.equal(bic["ref"], item["hr"])
+    assert all(torch.equal(x["lr"], item["lr"]) and torch.equal(x["hr"], item["hr"]) for x in (pair, hr, bic))
+    with pytest.raises(ValueError, match="reference must be one of"):
+        tool.SwappedReference(base, "other")
