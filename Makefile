@@ -15,10 +15,6 @@ export PYTHONHASHSEED := 0
 # 55 MB each), and the executed notebook would print which N it was
 NOTEBOOK_RUNS := runs/07_reciprocal_training
 
-# two pytest-xdist workers: one runs the browser tests (much of their time is spent waiting on the page) while
-# the other runs the rest; each test file stays whole on one worker (tests/conftest.py). TEST_WORKERS= runs serially.
-TEST_WORKERS ?= -n 2 --dist loadgroup
-
 .PHONY: venv test test-lib test-notebooks reproduce lab bench data clean
 
 venv: $(STAMP)
@@ -38,7 +34,7 @@ test: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test: export RRSR_RESULTS := $(CURDIR)/runs/test-results
 test: $(STAMP)
 	rm -rf $(NOTEBOOK_RUNS)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider $(TEST_WORKERS)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # quick feedback while editing the library: tests marked `slow` (trainings, whole notebooks, the browser) are left out
 test-lib: $(STAMP)
