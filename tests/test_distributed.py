@@ -101,12 +101,14 @@ def test_two_processes_log_the_same_losses_and_end_with_the_same_weights_as_one(
     # Equal up to float32 rounding, which differs because the convolutions see batches of 2, not 4, and Adam
     # carries it on. Measured: 1e-7 relative on this 2-core machine, 1.3e-6 (step 4) on a CI machine; a
     # training on half the samples (what a wrong split or unsynchronised gradients give) differs by 6e-2 to
-    # 3.6 in these losses and by 1.1e-3 in the weights. The bounds sit between the two.
+    # 3.6 in these losses and by 1.1e-3 in the weights. The bounds sit between the two. Weights: 4e-8 on the
+    # development machine until 2026-12-06, 1.46e-4 on that of 2026-12-07 (same torch 2.14.1, also at the
+    # code of 8d88542, so the machine's kernels, not the code); 3e-4 keeps 3.7x below the half-sample 1.1e-3.
     for a, b in zip(one, two):
         for key in ("loss", "l1", "reciprocal"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-9), (a["step"], key)
     assert float(one[-1]["reciprocal"]) > 0
-    assert _max_weight_difference(root / "one", root / "two") <= 5e-5   # measured here: 4e-8
+    assert _max_weight_difference(root / "one", root / "two") <= 3e-4
     # the same files, written once (rank 0 only)
     assert sorted(p.name for p in (root / "two").iterdir()) == sorted(p.name for p in (root / "one").iterdir())
 
