@@ -286,6 +286,7 @@ def test_the_reference_ceiling_swaps_only_the_reference():
     # scripts/reference_ceiling.py: "hr" gives the ground truth as the reference, "bicubic" the input enlarged x4
     # (the same size as the HR, in [0, 1]), "pair" the real other view; the input and HR never change
     from rrsr_lib.data import EmbeddedTestPairs
+    from rrsr_lib.errors import InputError
 
     tool = _script("reference_ceiling")
     base = EmbeddedTestPairs(pairs=["aloe"])
@@ -295,5 +296,5 @@ def test_the_reference_ceiling_swaps_only_the_reference():
     assert bic["ref"].shape == item["hr"].shape and 0 <= float(bic["ref"].min()) and float(bic["ref"].max()) <= 1
     assert not torch.equal(bic["ref"], item["hr"])
     assert all(torch.equal(x["lr"], item["lr"]) and torch.equal(x["hr"], item["hr"]) for x in (pair, hr, bic))
-    with pytest.raises(ValueError, match="reference must be one of"):
+    with pytest.raises(InputError, match="reference must be one of"):
         tool.SwappedReference(base, "other")
