@@ -28,8 +28,13 @@ print(kept, sum(faults[3:]))
 
 
 def _faults(keep: bool) -> tuple[str, int]:
+    # glibc raises its mmap threshold each time a mapped block is freed (the dynamic threshold), so how many
+    # pages the default maps afresh varies from machine to machine: 36 thousand per step here, 0 in one CI run.
+    # Pinning the threshold at glibc's starting value (128 KiB) makes the baseline map every large block afresh
+    # every step, in both probes; keep_freed_cpu_memory's mallopt calls must then override it.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run([sys.executable, "-c", _PROBE.format(root=str(ROOT), keep=keep)], capture_output=True,
-                         text=True, check=True).stdout.split()
+                         text=True, check=True, env=env).stdout.split()
     return out[0], int(out[1])
 
 
@@ -39,9 +44,9 @@ def test_keep_freed_cpu_memory_reuses_freed_blocks_without_page_faults():
     kept, faults_kept = _faults(True)
     _, faults_default = _faults(False)
     assert kept == "True"
-    # By default steps map activations afresh: 70-150 thousand 4 KiB pages over the three steps on an idle
-    # machine, but only ~8 thousand in one busy full run (glibc's dynamic mmap threshold makes the count vary).
-    # The probe must at least see one activation map's worth (4 x 64 x 128 x 128 floats = 4096 pages).
+    # With the threshold pinned, steps map activations afresh: ~78 thousand 4 KiB pages per step here (234
+    # thousand over the three). The probe must at least see one activation map's worth (4 x 64 x 128 x 128
+    # floats = 4096 pages).
     assert faults_default > 4096, f"expected fresh pages every step by default, got {faults_default} faults"
     assert faults_kept < faults_default / 5, f"{faults_kept} page faults with freed memory kept, {faults_default} without"
 
