@@ -57,6 +57,9 @@ def main(argv=None) -> dict:
                     help="CPU kernel for the reference gradient of pass 2 (rrsr_lib.fast.sampling_adjoint): the "
                          "numba one (default), ATen's grid_sampler_2d_backward, or both: a third interleaved "
                          "kind of step, reciprocal with ATen's kernel, measures what the numba kernel saves")
+    ap.add_argument("--cpu-amp", default="off", choices=["off", "both"],
+                    help="both: two more interleaved kinds of step on the CPU, plain and reciprocal under bfloat16 "
+                         "autocast (the trainer's cpu_amp trial), so their saving is measured in the same run")
     ap.add_argument("--out", default=str(ROOT / "results" / "train_benchmark.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -65,6 +68,7 @@ def main(argv=None) -> dict:
     seed_everything(0)
     device = pick_device(args.device)
     compare = args.scatter == "both" and scatter == "numba" and device.type == "cpu"
+    amp_compare = args.cpu_amp == "both" and device.type == "cpu"
     p = check_params(model=args.model, model_config=args.config, batch_size=args.batch, hr_patch=args.hr,
                      lr_patch=args.hr // 4, ref_size=args.hr, device=args.device, output_dir="/tmp/unused")
     trainer = Trainer(p, device=device)
@@ -78,8 +82,11 @@ def main(argv=None) -> dict:
 
     def timed(kind: str) -> tuple[float, float, float, int]:
         """(wall s, CPU s, of which system s, page faults) of one step."""
-        trainer.p = dict(p, reciprocal=kind != "plain")
+        trainer.p = dict(p, reciprocal=not kind.startswith("plain"))
         sampling_adjoint.use_numba(kind != "reciprocal_aten" and scatter == "numba")
+        # the cpu_amp kinds: what Trainer(cpu_amp=True) sets (bfloat16 autocast on the CPU)
+        if amp_compare:
+            trainer.amp_dtype = torch.bfloat16 if kind.endswith("_bf16") else None
         if device.type == "cuda":
             torch.cuda.synchronize()
         r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -91,7 +98,8 @@ def main(argv=None) -> dict:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         return t1 - t0, c1 - c0, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
 
-    kinds = ("plain", "reciprocal") + (("reciprocal_aten",) if compare else ())
+    kinds = (("plain", "reciprocal") + (("reciprocal_aten",) if compare else ())
+             + (("plain_bf16", "reciprocal_bf16") if amp_compare else ()))
     for kind in kinds:   # warm-up (first calls allocate and pick kernels)
         timed(kind)
     runs = {kind: [] for kind in kinds}
@@ -135,6 +143,13 @@ def main(argv=None) -> dict:
         result.update(reciprocal_aten_seconds=aten, reciprocal_aten_median_s=statistics.median(aten),
                       ratio_aten=statistics.median(aten) / statistics.median(plain),
                       median_ratio_per_repeat_aten=statistics.median(a / q for a, q in zip(aten, plain)))
+    if amp_compare:
+        for kind in ("plain", "reciprocal"):
+            amp = [r[col] for r in runs[f"{kind}_bf16"]]
+            base = plain if kind == "plain" else recip
+            result[f"{kind}_bf16_seconds"] = amp
+            result[f"{kind}_bf16_median_s"] = statistics.median(amp)
+            result[f"{kind}_speedup_bf16"] = statistics.median(base) / statistics.median(amp)
     out = Path(args.out)
     runs = json.loads(out.read_text()) if out.exists() else {}
     if "ratio" in runs:   # an older file with a single run
@@ -142,6 +157,8 @@ def main(argv=None) -> dict:
     key = f"{args.model}_{args.config}_b{args.batch}_hr{args.hr}"
     if scatter == "aten" and device.type == "cpu":   # the before-and-after run of the reference gradient's kernel
         key += "_aten"
+    if amp_compare:   # the run that measures bfloat16 autocast beside float32
+        key += "_cpu_amp"
     runs[key] = result
     write_json(runs, out)
     update_performance()   # PERFORMANCE.md's table of the latest numbers
@@ -158,6 +175,10 @@ def main(argv=None) -> dict:
         print(f"  reciprocal with ATen's reference-gradient kernel: {result['reciprocal_aten_median_s']:.2f} s/step, "
               f"ratio {result['ratio_aten']:.2f} "
               f"(within each repeat: median {result['median_ratio_per_repeat_aten']:.2f})")
+    if amp_compare:
+        print(f"  bfloat16 autocast (cpu_amp): plain {result['plain_bf16_median_s']:.2f} s/step "
+              f"({result['plain_speedup_bf16']:.2f}x faster), reciprocal {result['reciprocal_bf16_median_s']:.2f} s/step "
+              f"({result['reciprocal_speedup_bf16']:.2f}x faster)")
     return result
 
 

@@ -86,6 +86,7 @@ RECIPE: dict[str, tuple[Any, str]] = {
     "lr_gamma": (0.1, ""),
     "device": ("auto", ""),
     "amp": (True, "mixed precision on CUDA only"),
+    "cpu_amp": (False, "float32 on the CPU (bfloat16 autocast was a trial)"),
     "checkpoint_every": (100, "resumable checkpoint in output_dir every 100 steps"),
     "log_every": (50, ""),
     "resume": (True, "an interrupted run continues exactly; delete output_dir to start over"),

@@ -90,6 +90,8 @@ PARAMETERS: dict[str, tuple[Any, type, Callable[[Any], bool], str, str]] = {
     "device": ("auto", str, lambda v: v in ("auto", "cuda", "mps", "cpu"), "is auto, cuda, mps or cpu",
                "where to train"),
     "amp": (True, bool, lambda v: True, "", "mixed precision on CUDA (ignored elsewhere)"),
+    "cpu_amp": (False, bool, lambda v: True, "",
+                "bfloat16 autocast on the CPU (a trial; the shipped networks train in float32)"),
     "checkpoint_every": (5000, int, lambda v: v >= 0, "is >= 0", "write a checkpoint every N iterations"),
     "log_every": (100, int, lambda v: v >= 1, "is >= 1", "write mean losses every N iterations"),
     "output_dir": ("runs/train", str, lambda v: bool(v), "is a non-empty path",

@@ -127,6 +127,10 @@ class Trainer:
         self.amp_dtype = None
         if p["amp"] and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif p["cpu_amp"] and self.device.type == "cpu":
+            # a trial (issue 21): bfloat16 convolutions and matrix products on CPUs with AVX512-BF16; the
+            # deformable sampling stays float32 (rrsr_lib.fast.deform_sampling casts its inputs)
+            self.amp_dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.disc = self.d_optimizer = self.perceptual = self.texture = None
         if p["gan"]:
@@ -141,7 +145,7 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _all_reduce_mean_grads(self, module: nn.Module) -> None:
         # the discriminator is not wrapped in DDP (its gradient penalty needs autograd.grad, which DDP does

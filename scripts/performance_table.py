@@ -90,7 +90,9 @@ def _train(d: dict) -> str:
         plain, rec = statistics.median(r["plain_seconds"]), statistics.median(r["reciprocal_seconds"])
         unit = f"{plain * 1e3:.0f} / {rec * 1e3:.0f} ms" if plain < 1 else f"{plain:.1f} / {rec:.1f} s"
         parts.append(f"{r['config']} b{r['batch']} HR {r['hr_patch']} on {r['device']}: plain / reciprocal step "
-                     f"{unit} (**{rec / plain:.2f}x**)")
+                     f"{unit} (**{rec / plain:.2f}x**)"
+                     + (f", bfloat16 autocast {r['plain_speedup_bf16']:.2f}x / {r['reciprocal_speedup_bf16']:.2f}x "
+                        f"faster" if "reciprocal_speedup_bf16" in r else ""))
     return "; ".join(parts)
 
 

@@ -68,6 +68,8 @@ class SampleModulateMultiply(torch.autograd.Function):
     """
 
     @staticmethod
+    # under CPU autocast (the trainer's cpu_amp trial) the sampling and its hand-written backward run in float32
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, grid, mask, w2, bias, hp, wp):
         b, g, cg, h, w = x.shape
         # zero rows/columns up to 2^k + 1 (see rrsr_lib.alignment._sampling_grid)
@@ -94,6 +96,7 @@ class SampleModulateMultiply(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         xp, grid, mask, w2, samples = ctx.saved_tensors
         need_x, need_grid, need_mask, need_w = ctx.needs_input_grad[:4]
