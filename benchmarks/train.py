@@ -177,8 +177,8 @@ def main(argv=None) -> dict:
               f"(within each repeat: median {result['median_ratio_per_repeat_aten']:.2f})")
     if amp_compare:
         print(f"  bfloat16 autocast (cpu_amp): plain {result['plain_bf16_median_s']:.2f} s/step "
-              f"({result['plain_speedup_bf16']:.2f}x faster), reciprocal {result['reciprocal_bf16_median_s']:.2f} s/step "
-              f"({result['reciprocal_speedup_bf16']:.2f}x faster)")
+              f"({result['plain_speedup_bf16']:.2f}x faster), reciprocal "
+              f"{result['reciprocal_bf16_median_s']:.2f} s/step ({result['reciprocal_speedup_bf16']:.2f}x faster)")
     return result
 
 

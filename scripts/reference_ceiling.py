@@ -6,8 +6,9 @@ the reference:
 * ``pair``: the real other view (the project's main protocol, results/embedded_benchmark.json);
 * ``hr``: the ground-truth HR image itself, the best reference there can be (every LR patch has its exact
   match at the same place): an upper bound on what the network transfers;
-* ``bicubic``: the bicubic x4 of the LR input (the bicubic baseline's own image, PIL's bicubic), a reference that holds nothing the input does not: what the
-  network does when the reference is useless (a single-image network scores the same under all three).
+* ``bicubic``: the bicubic x4 of the LR input (the bicubic baseline's own image, PIL's bicubic), a reference
+  that holds nothing the input does not: what the network does when the reference is useless (a single-image
+  network scores the same under all three).
 
 The gap ``hr - pair`` says how much is lost to the real reference (matching, viewpoint, light); the gap
 ``hr - bicubic`` says how much the network has learned to take from a reference at all.
