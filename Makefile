@@ -32,9 +32,12 @@ $(STAMP): pyproject.toml
 # `make reproduce` (notebook 09 reads what notebook 08 wrote there, else the committed results).
 test: export RRSR_FIGURES := $(CURDIR)/runs/test-figures
 test: export RRSR_RESULTS := $(CURDIR)/runs/test-results
+# two pytest-xdist workers: every notebook's cells stay together on one (notebooks/conftest.py), the other tests
+# (the browser's included) go one by one to whichever worker is free; TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	rm -rf $(NOTEBOOK_RUNS)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 # quick feedback while editing the library: tests marked `slow` (trainings, whole notebooks, the browser) are left out
 test-lib: $(STAMP)
