@@ -22,7 +22,6 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = "the cell wrote to stderr (a learner sees this as red text):\n" + "".join(errs)[-3000:]
 
 
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two workers, --dist loadgroup) every notebook cell goes to one worker,
@@ -32,7 +31,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.xdist_group("notebooks"))
-
 
 
 def pytest_configure(config):

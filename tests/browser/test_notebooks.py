@@ -11,8 +11,8 @@ explorer, and its SR must appear. A screenshot of each explorer goes to tests/br
 and, as ``<notebook>_jupyterlab.png``, to the figures folder (the notebooks' own ``<notebook>_explorer.png``
 is the static figure of the default state; the two must not share a name). Each notebook's kernel is shut
 down after its test. JupyterLab autosaves what it runs, so it serves a temporary copy of notebooks/
-(SERVED_PARAMETERS: notebook 07's copy trains 10 steps into a temporary folder, notebook 08's
-scores 2 pairs; nbval runs both at their defaults).
+(SERVED_PARAMETERS, injected by papermill: notebook 07's copy trains 10 steps into a temporary folder,
+notebook 08's scores 2 pairs; nbval runs both at their defaults).
 
 Skipped with a one-line reason where Chromium or Playwright is missing (``.ci/run`` installs Chromium).
 """
@@ -30,6 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import papermill
 import pytest
 
 from rrsr_lib.figures import figures_dir
@@ -55,29 +56,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# What the served copies change, by parameters-cell line. `make test` runs this test beside nbval's run of the
-# notebooks (two pytest-xdist workers, two cores): nbval runs every notebook at its defaults, this test checks
-# what the page shows, so notebook 07 trains into a temporary folder (both would otherwise write
+# Parameters papermill injects into the served copies (as for a full-scale run). `make test` runs this test beside
+# nbval's run of the notebooks (two pytest-xdist workers, two cores): nbval runs every notebook at its defaults,
+# this test checks what the page shows, so notebook 07 trains into a temporary folder (both would otherwise write
 # runs/07_reciprocal_training, and a training moves a folder it finds there aside) for 10 steps instead of 30,
 # and notebook 08 scores 2 of its 4 embedded pairs. The explorers, plots and uploads are the same.
 SERVED_PARAMETERS = {
-    "07_reciprocal_training.ipynb": ("overrides: dict = {}",
-                                     "overrides: dict = {{'output_dir': {run!r}, 'iterations': 10}}"),
-    "08_evaluation.ipynb": ("pairs: int = 4", "pairs: int = 2"),
+    "07_reciprocal_training.ipynb": lambda run: {"overrides": {"output_dir": str(run), "iterations": 10}},
+    "08_evaluation.ipynb": lambda run: {"pairs": 2},
 }
-
-
-def _serve_with_parameters(notebook: Path, run: Path) -> None:
-    """Rewrite one line of `notebook`'s parameters cell as SERVED_PARAMETERS says (failing if it is gone)."""
-    old, new = SERVED_PARAMETERS[notebook.name]
-    nb = json.loads(notebook.read_text())
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    source = "".join(cells[0]["source"]) if cells else ""
-    line = re.search(rf"^{re.escape(old)}(?=\s|$)", source, flags=re.M)
-    assert line, f"{notebook.name}: its parameters cell no longer has the line `{old}` (SERVED_PARAMETERS)"
-    source = source[:line.start()] + new.format(run=str(run)) + source[line.end():]
-    cells[0]["source"] = source.splitlines(keepends=True)
-    notebook.write_text(json.dumps(nb, indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +75,9 @@ def lab(tmp_path_factory):
     # JupyterLab autosaves what it runs: serve a copy, so the committed notebooks never get outputs.
     served = tmp_path_factory.mktemp("served") / "notebooks"
     shutil.copytree(ROOT / "notebooks", served)
-    for name in SERVED_PARAMETERS:
-        _serve_with_parameters(served / name, tmp_path_factory.mktemp("served-run"))
+    for name, parameters in SERVED_PARAMETERS.items():
+        papermill.execute_notebook(served / name, served / name, prepare_only=True, progress_bar=False,
+                                   parameters=parameters(tmp_path_factory.mktemp("served-run")))
     # user settings of this server only: no "get notified about Jupyter news?" toast over the screenshots
     settings = tmp_path_factory.mktemp("lab-settings")
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
